@@ -1,0 +1,9 @@
+"""Test-wide setup: CPU only, 8 fake host devices so mesh and sharding code runs on a laptop."""
+
+import os
+
+# Must happen before jax is imported anywhere.
+os.environ["JAX_PLATFORMS"] = "cpu"
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
