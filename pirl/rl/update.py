@@ -1,0 +1,279 @@
+"""The PPO / GRPO update: TrainState, optimizer, trainable sets, and the jitted step.
+
+One call runs ``update_epochs`` passes over a rollout of N samples: each pass shuffles, splits into
+N / minibatch_size minibatches (one optimizer step each), and each minibatch into micro-batches
+whose gradients are accumulated; the three loops are nested ``lax.scan``s.
+
+Trainable sets (on param paths, see ``critic`` for the layout):
+  full         everything;
+  expert_only  the action expert (PaliGemma/llm leaves whose module name ends in "_1"), the
+               projections outside PaliGemma, and the heads; SigLIP and the VLM are frozen and the
+               prefix pass runs without gradients;
+  lora         leaves with "lora" in their path, and the heads.
+Frozen leaves are never differentiated, have no optimizer state, and are passed through untouched,
+so they stay bitwise equal.
+
+Axis letters: N rollout samples, E epochs, M minibatches, U micro-batches per minibatch, b micro
+batch size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jaxtyping import Array, Float, Int
+
+from pirl import sharding
+from pirl.rl import flow, losses
+
+TRAINABLE_SETS = ("full", "expert_only", "lora")
+HEAD_KEYS = ("value_head", "noise_head")
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateConfig:
+    algorithm: str = "ppo"  # "ppo" (with the critic) | "grpo" (no value loss)
+    lr: float = 5e-6
+    value_lr: float = 1e-4
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    trainable: str = "full"
+    update_epochs: int = 4
+    minibatch_size: int = 2048  # samples per optimizer step (global)
+    micro_batch_size: int = 128  # samples per forward/backward (global)
+    clip_eps: float = 0.2
+    value_clip: float = 0.2
+    huber_delta: float = 10.0
+    value_coef: float = 1.0
+    entropy_bonus: float = 0.0
+    shuffle: bool = True
+
+    def __post_init__(self):
+        if self.algorithm not in ("ppo", "grpo"):
+            raise ValueError(f"algorithm must be 'ppo' or 'grpo', got {self.algorithm!r}")
+        if self.trainable not in TRAINABLE_SETS:
+            raise ValueError(f"trainable must be one of {TRAINABLE_SETS}, got {self.trainable!r}")
+        if self.minibatch_size % self.micro_batch_size:
+            raise ValueError(
+                f"minibatch_size {self.minibatch_size} is not a multiple of micro_batch_size "
+                f"{self.micro_batch_size}"
+            )
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: Int[Array, ""]  # number of updates (rollout iterations) applied
+    params: Any
+    opt_state: Any  # optimizer state of the trainable leaves only
+    skipped: Int[Array, ""]  # optimizer steps skipped for a non-finite loss or gradient
+
+
+@flax.struct.dataclass
+class Batch:
+    """One rollout, flattened to N samples (chunk steps × envs)."""
+
+    obs: Any  # pi0.Observation [N, ...]
+    transitions: flow.Transitions
+    logp_old: Array  # [N] | [N, C] | [N, C, E]
+    value_old: Float[Array, " N"]
+    advantages: Float[Array, " N"]
+    returns: Float[Array, " N"]
+    weights: Float[Array, " N"]  # 0 for masked samples, T/valid_steps otherwise
+
+
+# ---------------------------------------------------------------- trainable sets
+
+
+def _path_keys(path) -> tuple[str, ...]:
+    return tuple(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
+
+
+def _label(trainable: str, keys: tuple[str, ...]) -> str:
+    if keys[0] == "value_head":
+        return "value"
+    if keys[0] in HEAD_KEYS:
+        return "policy"
+    if keys[0] != "model":
+        raise ValueError(f"unexpected top-level param key {keys[0]!r} (expected 'model' or a head)")
+    if trainable == "full":
+        return "policy"
+    if trainable == "lora":
+        return "policy" if any("lora" in k for k in keys) else "frozen"
+    # expert_only: inside PaliGemma only the action expert ("_1" modules) trains.
+    if keys[1] != "PaliGemma":
+        return "policy"
+    return "policy" if keys[2] == "llm" and any(k.endswith("_1") for k in keys[3:]) else "frozen"
+
+
+def param_labels(trainable: str, params) -> Any:
+    """Tree of "policy" / "value" / "frozen" per leaf, from the leaf's path."""
+    labels = jax.tree_util.tree_map_with_path(lambda p, _: _label(trainable, _path_keys(p)), params)
+    kinds = set(jax.tree.leaves(labels))
+    if trainable != "full" and not kinds & {"policy"} - {"frozen"}:
+        raise ValueError(f"trainable set {trainable!r} selects no model or head parameter")
+    if trainable == "lora" and not any(
+        "lora" in k for p, _ in jax.tree_util.tree_leaves_with_path(params) for k in _path_keys(p)
+    ):
+        raise ValueError("trainable set 'lora' needs a model with LoRA leaves (a *_lora variant)")
+    return labels
+
+
+def split_params(params, labels) -> tuple[Any, Any]:
+    """(trainable, frozen): the same tree twice, with None where a leaf belongs to the other."""
+    train = jax.tree.map(lambda p, lab: None if lab == "frozen" else p, params, labels)
+    frozen = jax.tree.map(lambda p, lab: p if lab == "frozen" else None, params, labels)
+    return train, frozen
+
+
+def merge_params(train, frozen):
+    return jax.tree.map(lambda a, b: b if a is None else a, train, frozen, is_leaf=lambda x: x is None)
+
+
+def make_optimizer(config: UpdateConfig, train_labels) -> optax.GradientTransformation:
+    """Global-norm clip over all trainable leaves, then AdamW per group (value head at value_lr)."""
+
+    def adamw(lr):
+        return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
+
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.multi_transform({"policy": adamw(config.lr), "value": adamw(config.value_lr)}, train_labels),
+    )
+
+
+def init_train_state(config: UpdateConfig, params) -> TrainState:
+    labels = param_labels(config.trainable, params)
+    train, _ = split_params(params, labels)
+    train_labels, _ = split_params(labels, labels)
+    opt_state = make_optimizer(config, train_labels).init(train)
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(step=zero, params=params, opt_state=opt_state, skipped=zero)
+
+
+# ---------------------------------------------------------------- the update
+
+
+def _loss(policy: flow.FlowPolicyConfig, model_config, config: UpdateConfig, train, frozen, mb: Batch):
+    params = merge_params(train, frozen)
+    logp, entropy, value = flow.score(
+        policy, model_config, params, mb.obs, mb.transitions, prefix_grad=config.trainable != "expert_only"
+    )
+    total, metrics = losses.policy_loss(logp, mb.logp_old, mb.advantages, mb.weights, config.clip_eps)
+    if config.algorithm == "ppo":
+        vl, vm = losses.value_loss(
+            value, mb.value_old, mb.returns, mb.weights, config.value_clip, config.huber_delta
+        )
+        total = total + config.value_coef * vl
+        metrics |= vm
+    ent_loss, em = losses.entropy_bonus(entropy, mb.weights, config.entropy_bonus)
+    if config.entropy_bonus:
+        total = total + ent_loss
+    metrics |= em
+    metrics["loss"] = total
+    return total, metrics
+
+
+def _where_tree(pred, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def update(
+    policy: flow.FlowPolicyConfig,
+    model_config,
+    config: UpdateConfig,
+    state: TrainState,
+    batch: Batch,
+    rng: jax.Array,
+    mesh: Mesh | None = None,
+) -> tuple[TrainState, dict[str, Float[Array, "E M"]]]:
+    """Runs all epochs × minibatches × micro-batches; returns the new state and per-minibatch
+    metrics (policy/value losses, approx_kl, clip_fraction, ratio, value_clip_ratio,
+    explained_variance, entropy, grad_norm, skipped)."""
+    n = batch.weights.shape[0]
+    if n % config.minibatch_size:
+        raise ValueError(
+            f"rollout of {n} samples is not a multiple of minibatch_size {config.minibatch_size}"
+        )
+    if config.algorithm == "ppo" and policy.value_source == "none":
+        raise ValueError("PPO needs a critic: set value_source to 'expert' or 'vlm'")
+    n_mb, n_micro = n // config.minibatch_size, config.minibatch_size // config.micro_batch_size
+    labels = param_labels(config.trainable, state.params)
+    train, frozen = split_params(state.params, labels)
+    train_labels, _ = split_params(labels, labels)
+    tx = make_optimizer(config, train_labels)
+    grad_fn = jax.value_and_grad(functools.partial(_loss, policy, model_config, config), has_aux=True)
+
+    def constrain(x):
+        if mesh is None:
+            return x
+        spec = PartitionSpec(None, None, sharding.BATCH_AXES)
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    def minibatch_step(carry, mbs):
+        tr, opt_state, skipped = carry
+
+        def micro_step(acc, mb):
+            (_, metrics), grads = grad_fn(tr, frozen, mb)
+            return jax.tree.map(jnp.add, acc, grads), metrics
+
+        zeros = jax.tree.map(jnp.zeros_like, tr)
+        grads, metrics = jax.lax.scan(micro_step, zeros, mbs)
+        grads = jax.tree.map(lambda g: g / n_micro, grads)
+        metrics = jax.tree.map(lambda m: m.mean(axis=0), metrics)
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt = tx.update(grads, opt_state, tr)
+        new_tr = optax.apply_updates(tr, updates)
+        ok = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
+        metrics |= {"grad_norm": grad_norm, "skipped": (~ok).astype(jnp.float32)}
+        carry = (_where_tree(ok, new_tr, tr), _where_tree(ok, new_opt, opt_state), skipped + (~ok))
+        return carry, metrics
+
+    def epoch(carry, key):
+        perm = jax.random.permutation(key, n) if config.shuffle else jnp.arange(n)
+        shaped = jax.tree.map(
+            lambda x: constrain(x[perm].reshape(n_mb, n_micro, config.micro_batch_size, *x.shape[1:])), batch
+        )
+        return jax.lax.scan(minibatch_step, carry, shaped)
+
+    carry = (train, state.opt_state, state.skipped)
+    carry, metrics = jax.lax.scan(epoch, carry, jax.random.split(rng, config.update_epochs))
+    new_train, opt_state, skipped = carry
+    new_state = TrainState(
+        step=state.step + 1, params=merge_params(new_train, frozen), opt_state=opt_state, skipped=skipped
+    )
+    return new_state, metrics
+
+
+def state_shardings(mesh: Mesh, state_shapes, min_bytes: int = sharding.FSDP_MIN_BYTES):
+    """FSDP shardings for every leaf of a TrainState (optimizer moments follow their params'
+    shapes, so the shape-based rule places them like the params)."""
+    return sharding.param_shardings(mesh, state_shapes, min_bytes)
+
+
+def jit_update(
+    policy: flow.FlowPolicyConfig,
+    model_config,
+    config: UpdateConfig,
+    mesh: Mesh,
+    state_sharding,
+):
+    """``update`` jitted with explicit shardings: state as given (donated), batch split over the
+    batch axes, rng and metrics replicated."""
+    fn = functools.partial(update, policy, model_config, config, mesh=mesh)
+    rep = sharding.replicated(mesh)
+    return jax.jit(
+        fn,
+        in_shardings=(state_sharding, sharding.batch_sharding(mesh), rep),
+        out_shardings=(state_sharding, rep),
+        donate_argnums=0,
+    )
