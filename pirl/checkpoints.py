@@ -111,9 +111,7 @@ def check_params(config: pi0.Pi0Config, params: dict) -> None:
         if key not in expected:
             raise ValueError(f"parameter {key}: unexpected for this config (shape {np.shape(found[key])})")
         if tuple(expected[key].shape) != tuple(np.shape(found[key])):
-            raise ValueError(
-                f"parameter {key}: expected shape {expected[key].shape}, found {np.shape(found[key])}"
-            )
+            raise ValueError(f"parameter {key}: expected shape {expected[key].shape}, found {np.shape(found[key])}")
 
 
 def load_openpi(path: str | pathlib.Path, **overrides) -> tuple[pi0.Pi0Config, dict]:

@@ -111,9 +111,7 @@ class Embedder(nn.Module):
     width: int
 
     def setup(self):
-        self.input_embedding = self.param(
-            "input_embedding", nn.initializers.normal(), (self.vocab_size, self.width)
-        )
+        self.input_embedding = self.param("input_embedding", nn.initializers.normal(), (self.vocab_size, self.width))
 
     def encode(self, tokens: Int[Array, "B T"]) -> Float[Array, "B T D"]:
         x = self.input_embedding[(tokens,)]
@@ -185,12 +183,8 @@ class FeedForward(nn.Module):
         w_linear = self.param("linear", nn.initializers.lecun_normal(in_axis=-2, out_axis=-1), (f, d))
         gating_lora = self._lora("gating_einsum", (2, d, r), (2, r, f))
         linear_lora = self._lora("linear", (f, r), (r, d))
-        gate = self._dot(
-            x, w_gating[0], None if gating_lora is None else (gating_lora[0][0], gating_lora[1][0])
-        )
-        up = self._dot(
-            x, w_gating[1], None if gating_lora is None else (gating_lora[0][1], gating_lora[1][1])
-        )
+        gate = self._dot(x, w_gating[0], None if gating_lora is None else (gating_lora[0][0], gating_lora[1][0]))
+        up = self._dot(x, w_gating[1], None if gating_lora is None else (gating_lora[0][1], gating_lora[1][1]))
         return self._dot(nn.gelu(gate) * up, w_linear, linear_lora)
 
 
@@ -288,11 +282,7 @@ class Block(nn.Module):
         xs = sharding.activation_sharding_constraint(xs)
         normed, gates = [], []
         for i, x in enumerate(xs):
-            y, g = (
-                (None, None)
-                if x is None
-                else RMSNorm(name=_expert_name("pre_attention_norm", i))(x, conds[i])
-            )
+            y, g = (None, None) if x is None else RMSNorm(name=_expert_name("pre_attention_norm", i))(x, conds[i])
             normed.append(y)
             gates.append(g)
         attn_out, kv = Attention(self.configs, name="attn")(normed, positions, mask, kv_cache)
@@ -306,9 +296,7 @@ class Block(nn.Module):
                 gates.append(None)
                 continue
             y, g = RMSNorm(name=_expert_name("pre_ffw_norm", i))(x, conds[i])
-            ffn = FeedForward(
-                cfg.width, cfg.mlp_dim, cfg.lora_rank, cfg.lora_scale, name=_expert_name("mlp", i)
-            )
+            ffn = FeedForward(cfg.width, cfg.mlp_dim, cfg.lora_rank, cfg.lora_scale, name=_expert_name("mlp", i))
             mlp_out.append(ffn(y))
             gates.append(g)
         xs = [_gated_residual(x, y, g) for x, y, g in zip(xs, mlp_out, gates, strict=True)]
@@ -336,9 +324,7 @@ class Gemma(nn.Module):
                 c0.num_kv_heads,
                 c0.head_dim,
             ):
-                raise ValueError(
-                    f"experts must share depth and head layout to share attention: {self.configs}"
-                )
+                raise ValueError(f"experts must share depth and head layout to share attention: {self.configs}")
         block = Block
         if self.remat:
             block = nn.remat(Block, prevent_cse=False, policy=jax.checkpoint_policies.nothing_saveable)
@@ -371,10 +357,7 @@ class Gemma(nn.Module):
         xs = [None if x is None else x.astype(self.dtype) for x in xs]
         conds = list(conds) if conds is not None else [None] * len(self.configs)
         xs, kv_cache = self.layers(xs, kv_cache, positions, mask[:, None], conds)
-        outs = [
-            None if x is None else norm(x, c)[0]
-            for norm, x, c in zip(self.final_norms, xs, conds, strict=True)
-        ]
+        outs = [None if x is None else norm(x, c)[0] for norm, x, c in zip(self.final_norms, xs, conds, strict=True)]
         return outs, kv_cache
 
     def init_all(self, use_adarms: Sequence[bool]):
@@ -385,8 +368,5 @@ class Gemma(nn.Module):
             [jnp.zeros((1, 1, c.width)) for c in self.configs],
             jnp.zeros((1, n), jnp.int32),
             jnp.ones((1, n, n), bool),
-            [
-                jnp.zeros((1, c.width)) if ada else None
-                for ada, c in zip(use_adarms, self.configs, strict=True)
-            ],
+            [jnp.zeros((1, c.width)) if ada else None for ada, c in zip(use_adarms, self.configs, strict=True)],
         )

@@ -60,9 +60,7 @@ class Pi0Config:
         # Resolve names eagerly so a typo fails at construction.
         self.paligemma, self.action_expert, self.vision  # noqa: B018
         if self.image_size % self.vision.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch {self.vision.patch_size}"
-            )
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch {self.vision.patch_size}")
 
     @property
     def paligemma(self) -> gemma.GemmaConfig:
@@ -141,9 +139,7 @@ def _llm(config: Pi0Config) -> gemma.Gemma:
 
 
 def _img(config: Pi0Config) -> siglip.Siglip:
-    return siglip.Siglip(
-        config.vision, out_width=config.paligemma.width, dtype=config.dtype, remat=config.remat
-    )
+    return siglip.Siglip(config.vision, out_width=config.paligemma.width, dtype=config.dtype, remat=config.remat)
 
 
 def _linear(p: dict, x: jax.Array) -> jax.Array:
@@ -242,9 +238,7 @@ def _check_observation(config: Pi0Config, obs: Observation) -> None:
                 f"{config.image_size}, 3] (resize with pad first)"
             )
     if obs.state.shape[-1] != config.action_dim:
-        raise ValueError(
-            f"state has shape {obs.state.shape}; expected [B, {config.action_dim}] (pad the state)"
-        )
+        raise ValueError(f"state has shape {obs.state.shape}; expected [B, {config.action_dim}] (pad the state)")
 
 
 def embed_prefix(config: Pi0Config, params: dict, obs: Observation):
@@ -259,9 +253,7 @@ def embed_prefix(config: Pi0Config, params: dict, obs: Observation):
     img_tokens = _img(config).apply({"params": params["PaliGemma"]["img"]}, images)
     img_tokens = img_tokens.reshape(len(config.image_keys), b, *img_tokens.shape[1:])
     p = img_tokens.shape[2]
-    text = _llm(config).apply(
-        {"params": params["PaliGemma"]["llm"]}, obs.tokenized_prompt, method=gemma.Gemma.embed
-    )
+    text = _llm(config).apply({"params": params["PaliGemma"]["llm"]}, obs.tokenized_prompt, method=gemma.Gemma.embed)
     tokens = jnp.concatenate([*img_tokens, text], axis=1)
     masks = [jnp.broadcast_to(obs.image_masks[k][:, None], (b, p)) for k in config.image_keys]
     input_mask = jnp.concatenate([*masks, obs.tokenized_prompt_mask], axis=1)
@@ -269,9 +261,7 @@ def embed_prefix(config: Pi0Config, params: dict, obs: Observation):
     return tokens, input_mask, ar_mask
 
 
-def embed_suffix(
-    config: Pi0Config, params: dict, obs: Observation, x_t: Float[Array, "B Ha A"], t: Float[Array, " B"]
-):
+def embed_suffix(config: Pi0Config, params: dict, obs: Observation, x_t: Float[Array, "B Ha A"], t: Float[Array, " B"]):
     """Suffix tokens for the action expert, their masks, and the adaRMS condition (π0.5) or None.
 
     π0: [state token, Ha action tokens], ar mask [1, 1, 0, …]; the action tokens carry the time
