@@ -43,9 +43,7 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -
     return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
-def fsdp_spec(
-    shape: Sequence[int], nbytes: int, fsdp_size: int, min_bytes: int = FSDP_MIN_BYTES
-) -> PartitionSpec:
+def fsdp_spec(shape: Sequence[int], nbytes: int, fsdp_size: int, min_bytes: int = FSDP_MIN_BYTES) -> PartitionSpec:
     """Shards the largest axis divisible by ``fsdp_size`` (the first one on ties) of arrays of at
     least ``min_bytes``; smaller arrays, and arrays with no divisible axis, are replicated (gathering
     small arrays costs more latency than the memory it saves)."""
@@ -84,15 +82,16 @@ def check_batch_divisible(mesh: Mesh, batch_size: int, what: str = "batch") -> N
         raise ValueError(f"{what} size {batch_size} is not divisible by the {mesh.size} devices of the mesh")
 
 
-def activation_sharding_constraint(x: jax.Array) -> jax.Array:
-    """Constrains an activation [B, ...] to be split over the batch axes of the current mesh
-    (set with ``jax.set_mesh``); a no-op without a mesh or when B does not divide evenly."""
+def activation_sharding_constraint(tree):
+    """Shards the leading (batch) axis of every activation in ``tree`` over the mesh's batch axes.
+
+    A no-op unless a mesh with those axes is in context (``jax.set_mesh``), so model code can call
+    it unconditionally.
+    """
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or not set(BATCH_AXES) <= set(mesh.axis_names):
-        return x
-    if x.ndim == 0 or x.shape[0] % (mesh.shape["data"] * mesh.shape["fsdp"]):
-        return x
-    return jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES))
+        return tree
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, PartitionSpec(BATCH_AXES)), tree)
 
 
 def initialize_distributed(

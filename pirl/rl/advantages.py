@@ -83,9 +83,7 @@ def trajectory_weights(mask: Bool[Array, "T B"]) -> Float[Array, "T B"]:
     return m * mask.shape[0] / jnp.maximum(valid, 1.0)
 
 
-def normalize(
-    advantages: Float[Array, "*S"], mask: Bool[Array, "*S"], eps: float = 1e-5
-) -> Float[Array, "*S"]:
+def normalize(advantages: Float[Array, "*S"], mask: Bool[Array, "*S"], eps: float = 1e-5) -> Float[Array, "*S"]:
     """(A − mean)/(std + eps) over the valid entries (population std), invalid entries set to 0."""
     m = mask.astype(advantages.dtype)
     n = jnp.maximum(m.sum(), 1.0)
@@ -114,9 +112,7 @@ def grpo_advantages(scores: Float[Array, " B"], group_size: int, eps: float = 1e
     return adv.reshape(-1)
 
 
-def grpo_filter(
-    scores: Float[Array, " B"], group_size: int, low: float = 0.1, high: float = 0.9
-) -> Bool[Array, " B"]:
+def grpo_filter(scores: Float[Array, " B"], group_size: int, low: float = 0.1, high: float = 0.9) -> Bool[Array, " B"]:
     """Keeps the envs of groups whose mean score lies in [low, high] (drops all-fail/all-success)."""
     mean = _grouped(scores, group_size).mean(axis=1)
     keep = (mean >= low) & (mean <= high)

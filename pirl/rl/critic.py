@@ -31,9 +31,7 @@ class MLPHead(nn.Module):
         act = {"relu": nn.relu, "tanh": jnp.tanh}[self.activation]
         for i, width in enumerate(self.hidden):
             x = act(nn.Dense(width, name=f"dense_{i}")(x))
-        kernel_init = (
-            nn.initializers.normal(self.last_std) if self.last_std > 0 else nn.initializers.lecun_normal()
-        )
+        kernel_init = nn.initializers.normal(self.last_std) if self.last_std > 0 else nn.initializers.lecun_normal()
         return nn.Dense(self.out, kernel_init=kernel_init, name="out")(x)
 
 

@@ -196,9 +196,7 @@ def _widths(model_config, model_params, obs):
     return prefix.out, action_out
 
 
-def sample(
-    policy: FlowPolicyConfig, model_config, params, obs, rng: jax.Array, *, train: bool = True
-) -> PolicySample:
+def sample(policy: FlowPolicyConfig, model_config, params, obs, rng: jax.Array, *, train: bool = True) -> PolicySample:
     """Runs the K denoising steps from x_0 ~ N(0, I). ``train=False`` is the deterministic ODE
     (given x_0): no stochastic step, log-prob and value left at 0."""
     batch = obs.state.shape[0]

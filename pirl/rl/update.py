@@ -65,8 +65,7 @@ class UpdateConfig:
             raise ValueError(f"trainable must be one of {TRAINABLE_SETS}, got {self.trainable!r}")
         if self.minibatch_size % self.micro_batch_size:
             raise ValueError(
-                f"minibatch_size {self.minibatch_size} is not a multiple of micro_batch_size "
-                f"{self.micro_batch_size}"
+                f"minibatch_size {self.minibatch_size} is not a multiple of micro_batch_size {self.micro_batch_size}"
             )
 
 
@@ -170,9 +169,7 @@ def _loss(policy: flow.FlowPolicyConfig, model_config, config: UpdateConfig, tra
     )
     total, metrics = losses.policy_loss(logp, mb.logp_old, mb.advantages, mb.weights, config.clip_eps)
     if config.algorithm == "ppo":
-        vl, vm = losses.value_loss(
-            value, mb.value_old, mb.returns, mb.weights, config.value_clip, config.huber_delta
-        )
+        vl, vm = losses.value_loss(value, mb.value_old, mb.returns, mb.weights, config.value_clip, config.huber_delta)
         total = total + config.value_coef * vl
         metrics |= vm
     ent_loss, em = losses.entropy_bonus(entropy, mb.weights, config.entropy_bonus)
@@ -201,9 +198,7 @@ def update(
     explained_variance, entropy, grad_norm, skipped)."""
     n = batch.weights.shape[0]
     if n % config.minibatch_size:
-        raise ValueError(
-            f"rollout of {n} samples is not a multiple of minibatch_size {config.minibatch_size}"
-        )
+        raise ValueError(f"rollout of {n} samples is not a multiple of minibatch_size {config.minibatch_size}")
     if config.algorithm == "ppo" and policy.value_source == "none":
         raise ValueError("PPO needs a critic: set value_source to 'expert' or 'vlm'")
     n_mb, n_micro = n // config.minibatch_size, config.minibatch_size // config.micro_batch_size
