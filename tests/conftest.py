@@ -6,4 +6,9 @@ import os
 os.environ["JAX_PLATFORMS"] = "cpu"
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
-    os.environ["XLA_FLAGS"] = f"{_flags} --xla_force_host_platform_device_count=8".strip()
+    _flags = f"{_flags} --xla_force_host_platform_device_count=8".strip()
+# Tests are dominated by XLA compile time, which LLVM's optimizer triples on CPU; the tiny models run
+# fast enough unoptimized.
+if "xla_backend_optimization_level" not in _flags:
+    _flags = f"{_flags} --xla_backend_optimization_level=0".strip()
+os.environ["XLA_FLAGS"] = _flags

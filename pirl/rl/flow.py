@@ -174,26 +174,17 @@ def _prefix_value(policy: FlowPolicyConfig, params, prefix):
     )
 
 
-def init_heads(policy: FlowPolicyConfig, model_config, rng: jax.Array) -> dict:
-    """Head params for this policy, sized from the model's output widths (found by eval_shape)."""
-    obs = pi0.fake_observation(model_config, 1)
-    shapes = jax.eval_shape(lambda p: _widths(model_config, p, obs), pi0.param_shapes(model_config))
-    vlm_width, expert_width = shapes
+def init_heads(policy: FlowPolicyConfig, model_config: pi0.Pi0Config, rng: jax.Array) -> dict:
+    """Head params for this policy, sized from the model's widths; merge them into
+    ``{"model": model_params}`` to get the RL param tree."""
     heads = {}
     r_value, r_noise = jax.random.split(rng)
     if policy.value_source != "none":
-        width = expert_width if policy.value_source == "expert" else vlm_width
-        heads["value_head"] = critic.init_value_head(r_value, width.shape[-1], policy.value_hidden)
+        width = model_config.action_expert.width if policy.value_source == "expert" else model_config.paligemma.width
+        heads["value_head"] = critic.init_value_head(r_value, width, policy.value_hidden)
     if policy.noise_method == "noise":
-        heads["noise_head"] = critic.init_noise_head(r_noise, expert_width.shape[-1], model_config.action_dim)
+        heads["noise_head"] = critic.init_noise_head(r_noise, model_config.action_expert.width, model_config.action_dim)
     return heads
-
-
-def _widths(model_config, model_params, obs):
-    prefix = pi0.prefix_pass(model_config, model_params, obs)
-    x = jnp.zeros((1, model_config.action_horizon, model_config.action_dim), jnp.float32)
-    _, action_out = pi0.expert_pass(model_config, model_params, obs, prefix, x, jnp.ones((1,)))
-    return prefix.out, action_out
 
 
 def sample(policy: FlowPolicyConfig, model_config, params, obs, rng: jax.Array, *, train: bool = True) -> PolicySample:
@@ -212,44 +203,43 @@ def sample(policy: FlowPolicyConfig, model_config, params, obs, rng: jax.Array, 
         k_star = jnp.full((batch,), jax.random.randint(r_k, (), 0, high), jnp.int32)
     prefix = pi0.prefix_pass(model_config, params["model"], obs)
 
-    chain, step_logps, step_values = [x], [], []
-    for k in range(kk):
+    def step(x, k):
         kvec = jnp.full((batch,), k, jnp.int32)
         stoch = jnp.full((batch,), train) & (policy.joint_logprob | (kvec == k_star))
         v, action_out, learned = _expert_step(model_config, params, obs, prefix, x, kvec, policy)
         mean, std = step_mean_std(policy, x, v, kvec, stoch, learned)
         x_next = mean + std * jax.random.normal(jax.random.fold_in(r_steps, k), shape, jnp.float32)
-        if train:
-            # Same ops as re-scoring (`_score`), so the first PPO ratio is exactly 1; ODE rows get
-            # a dummy std of 1 and are never selected.
-            step_logps.append(gaussian_logpdf(x_next, mean, jnp.where(stoch[:, None, None], std, 1.0)))
-            if policy.value_source == "expert":
-                step_values.append(_expert_value(policy, params, action_out))
-        x = x_next
-        chain.append(x)
+        # Same ops as re-scoring (`_score`); ODE rows get a dummy std of 1 and are never selected.
+        logp = gaussian_logpdf(x_next, mean, jnp.where(stoch[:, None, None], std, 1.0))
+        value = _expert_value(policy, params, action_out) if policy.value_source == "expert" else jnp.zeros(batch)
+        return x_next, (x_next, logp, value)
 
+    # A scan keeps one copy of the expert in the compiled program whatever K is.
+    x_last, (xs, step_logps, step_values) = jax.lax.scan(step, x, jnp.arange(kk))
+    chain = [x, x_last]
     zeros = jnp.zeros((batch,), jnp.float32)
     if not train:
-        trans = Transitions(chain=jnp.stack([chain[0], x], axis=1), k=zeros.astype(jnp.int32))
-        return PolicySample(actions=x, transitions=trans, logp=zeros, value=zeros)
+        trans = Transitions(chain=jnp.stack(chain, axis=1), k=zeros.astype(jnp.int32))
+        return PolicySample(actions=x_last, transitions=trans, logp=zeros, value=zeros)
 
-    chain = jnp.stack(chain, axis=1)  # [B, K+1, H, A]
+    chain = jnp.concatenate([x[:, None], jnp.moveaxis(xs, 0, 1)], axis=1)  # [B, K+1, H, A]
+    step_logps = jnp.moveaxis(step_logps, 0, 1)  # [B, K, H, A]
     if policy.joint_logprob:
         trans = Transitions(chain=chain, k=k_star)
         prior = gaussian_logpdf(chain[:, 0], 0.0, 1.0)
-        logp_elem = jnp.stack([prior, *step_logps], axis=1).mean(axis=1)
+        logp_elem = jnp.concatenate([prior[:, None], step_logps], axis=1).mean(axis=1)
     else:
         pick = jax.vmap(lambda c, k: jax.lax.dynamic_slice_in_dim(c, k, 2, axis=0))
         trans = Transitions(chain=pick(chain, k_star), k=k_star)
-        logp_elem = _select_step(jnp.stack(step_logps, axis=1), k_star)
+        logp_elem = _select_step(step_logps, k_star)
     if policy.value_source == "expert":
-        values = jnp.stack(step_values, axis=1)  # [B, K]
+        values = step_values.T  # [B, K]
         value = values.mean(axis=1) if policy.joint_logprob else _select_step(values, k_star)
     elif policy.value_source == "vlm":
         value = _prefix_value(policy, params, prefix)
     else:
         value = zeros
-    return PolicySample(actions=x, transitions=trans, logp=reduce_logp(policy, logp_elem), value=value)
+    return PolicySample(actions=x_last, transitions=trans, logp=reduce_logp(policy, logp_elem), value=value)
 
 
 def _select_step(x: Float[Array, "B K ..."], k: Int[Array, " B"]) -> Float[Array, "B ..."]:
@@ -261,21 +251,23 @@ def _score(policy: FlowPolicyConfig, model_config, params, obs, prefix, trans: T
     batch = trans.chain.shape[0]
     yes = jnp.ones((batch,), bool)
     if policy.joint_logprob:
-        lps = [gaussian_logpdf(trans.chain[:, 0], 0.0, 1.0)]
-        ents = [gaussian_entropy(jnp.ones_like(trans.chain[:, 0]))]
-        values = []
-        for k in range(policy.num_steps):
+
+        def step(_, xs):
+            k, x, x_next = xs
             kvec = jnp.full((batch,), k, jnp.int32)
-            x, x_next = trans.chain[:, k], trans.chain[:, k + 1]
             v, action_out, learned = _expert_step(model_config, params, obs, prefix, x, kvec, policy)
             mean, std = step_mean_std(policy, x, v, kvec, yes, learned)
-            lps.append(gaussian_logpdf(x_next, mean, std))
-            ents.append(gaussian_entropy(std))
-            if policy.value_source == "expert":
-                values.append(_expert_value(policy, params, action_out))
-        logp_elem = jnp.stack(lps, axis=1).mean(axis=1)  # mean over the K + 1 terms
-        entropy = executed(policy, jnp.stack(ents, axis=1)).mean(axis=(1, 2, 3))
-        value = jnp.stack(values, axis=1).mean(axis=1) if values else None
+            value = _expert_value(policy, params, action_out) if policy.value_source == "expert" else jnp.zeros(batch)
+            return None, (gaussian_logpdf(x_next, mean, std), gaussian_entropy(std), value)
+
+        points = jnp.moveaxis(trans.chain, 1, 0)  # [K+1, B, H, A]
+        _, (lps, ents, values) = jax.lax.scan(step, None, (jnp.arange(policy.num_steps), points[:-1], points[1:]))
+        x0 = trans.chain[:, 0]
+        lps = jnp.concatenate([gaussian_logpdf(x0, 0.0, 1.0)[None], lps])  # [K+1, B, H, A]
+        ents = jnp.concatenate([gaussian_entropy(jnp.ones_like(x0))[None], ents])
+        logp_elem = lps.mean(axis=0)  # mean over the K + 1 terms
+        entropy = executed(policy, ents).mean(axis=(0, 2, 3))
+        value = values.mean(axis=0) if policy.value_source == "expert" else None
     else:
         x, x_next = trans.chain[:, 0], trans.chain[:, 1]
         v, action_out, learned = _expert_step(model_config, params, obs, prefix, x, trans.k, policy)
