@@ -116,14 +116,13 @@ def _label(trainable: str, keys: tuple[str, ...]) -> str:
 
 def param_labels(trainable: str, params) -> Any:
     """Tree of "policy" / "value" / "frozen" per leaf, from the leaf's path."""
-    labels = jax.tree_util.tree_map_with_path(lambda p, _: _label(trainable, _path_keys(p)), params)
-    kinds = set(jax.tree.leaves(labels))
-    if trainable != "full" and not kinds & {"policy"} - {"frozen"}:
-        raise ValueError(f"trainable set {trainable!r} selects no model or head parameter")
     if trainable == "lora" and not any(
         "lora" in k for p, _ in jax.tree_util.tree_leaves_with_path(params) for k in _path_keys(p)
     ):
         raise ValueError("trainable set 'lora' needs a model with LoRA leaves (a *_lora variant)")
+    labels = jax.tree_util.tree_map_with_path(lambda p, _: _label(trainable, _path_keys(p)), params)
+    if "policy" not in jax.tree.leaves(labels):
+        raise ValueError(f"trainable set {trainable!r} selects no policy parameter")
     return labels
 
 
@@ -155,8 +154,10 @@ def init_train_state(config: UpdateConfig, params) -> TrainState:
     train, _ = split_params(params, labels)
     train_labels, _ = split_params(labels, labels)
     opt_state = make_optimizer(config, train_labels).init(train)
-    zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=opt_state, skipped=zero)
+    # Distinct scalars: a donated state must not hold the same buffer twice.
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, skipped=jnp.zeros((), jnp.int32)
+    )
 
 
 # ---------------------------------------------------------------- the update
@@ -225,7 +226,7 @@ def update(
         grads, metrics = jax.lax.scan(micro_step, zeros, mbs)
         grads = jax.tree.map(lambda g: g / n_micro, grads)
         metrics = jax.tree.map(lambda m: m.mean(axis=0), metrics)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, new_opt = tx.update(grads, opt_state, tr)
         new_tr = optax.apply_updates(tr, updates)
         ok = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])

@@ -1,0 +1,165 @@
+"""The jitted PPO update on the tiny π0: first-step ratio, frozen sets, NaN skipping, sharding."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pirl import sharding
+from pirl.models import pi0
+from pirl.rl import flow
+from pirl.rl import update as upd
+
+N = 32  # rollout samples: 2 minibatches of 16, each 2 micro-batches of 8 (one row per device)
+MODEL = pi0.Pi0Config.tiny()
+LORA_MODEL = pi0.Pi0Config.tiny(paligemma_variant="tiny_lora", action_expert_variant="tiny_lora")
+POLICY = flow.FlowPolicyConfig(num_steps=4, num_action_chunks=3, action_env_dim=5, value_hidden=(16, 8))
+CONFIG = upd.UpdateConfig(
+    trainable="expert_only", lr=1e-3, value_lr=1e-2, update_epochs=2, minibatch_size=16, micro_batch_size=8
+)
+
+
+@functools.cache
+def _rollout():
+    """Params and a batch from the model's own sampler, with made-up advantages and returns."""
+    params = {"model": pi0.init_params(MODEL, jax.random.key(0))} | flow.init_heads(POLICY, MODEL, jax.random.key(1))
+    obs = pi0.fake_observation(MODEL, N, jax.random.key(2))
+    out = jax.jit(functools.partial(flow.sample, POLICY, MODEL))(params, obs, jax.random.key(3))
+    adv = jax.random.normal(jax.random.key(4), (N,))
+    batch = upd.Batch(
+        obs=obs,
+        transitions=out.transitions,
+        logp_old=out.logp,
+        value_old=out.value,
+        advantages=adv,
+        returns=out.value + adv,
+        weights=jnp.ones((N,)).at[:4].set(0.0).at[4:8].set(2.0),
+    )
+    return params, batch
+
+
+@functools.cache
+def _plain_update(config=CONFIG, model=MODEL):
+    return jax.jit(functools.partial(upd.update, POLICY, model, config))
+
+
+def _bits(x):
+    return np.asarray(x).view(np.uint32)
+
+
+def _frozen_unchanged_trainable_moved(config, before, after):
+    labels = upd.param_labels(config.trainable, before)
+    paths = jax.tree_util.tree_leaves_with_path(labels)
+    old, new = jax.tree.leaves(before), jax.tree.leaves(after)
+    n_frozen = moved = 0
+    for (path, label), a, b in zip(paths, old, new, strict=True):
+        if label == "frozen":
+            n_frozen += 1
+            assert np.array_equal(_bits(a), _bits(b)), f"frozen leaf {jax.tree_util.keystr(path)} changed"
+        else:
+            moved += not np.array_equal(_bits(a), _bits(b))
+    assert n_frozen > 0
+    return moved, len(old) - n_frozen
+
+
+def test_first_minibatch_ratio_one_then_learning_and_frozen_bitwise():
+    params, batch = _rollout()
+    state = upd.init_train_state(CONFIG, params)
+    new, m = _plain_update()(state, batch, jax.random.key(5))
+    m = jax.tree.map(np.asarray, m)
+    assert m["ratio"].shape == (2, 2)  # epochs × minibatches
+    # Same params as the rollout: the ratio is 1 up to float32 rounding between the separately
+    # compiled sampler and update programs (~1 ulp of a log-prob of magnitude ~10).
+    assert abs(m["ratio"][0, 0] - 1.0) < 1e-5 and abs(m["approx_kl"][0, 0]) < 1e-6
+    assert m["clip_fraction"][0, 0] == 0.0
+    # After optimizer steps the policy has moved.
+    assert abs(m["approx_kl"][1, 1]) > 1e-4
+    assert np.all(m["skipped"] == 0) and int(new.skipped) == 0 and int(new.step) == 1
+    moved, n_train = _frozen_unchanged_trainable_moved(CONFIG, params, new.params)
+    assert moved == n_train, f"only {moved}/{n_train} trainable leaves changed"
+    # The VLM is frozen under expert_only but the expert's layers and the heads are not.
+    labels = upd.param_labels("expert_only", params)
+    assert labels["model"]["PaliGemma"]["llm"]["layers"]["attn"]["q_einsum"]["w"] == "frozen"
+    assert labels["model"]["PaliGemma"]["llm"]["layers"]["attn"]["q_einsum_1"]["w"] == "policy"
+    assert labels["model"]["PaliGemma"]["img"]["head"]["kernel"] == "frozen"
+    assert labels["model"]["state_proj"]["kernel"] == "policy"
+    assert labels["value_head"]["out"]["kernel"] == "value"
+
+
+def test_non_finite_updates_are_skipped_and_counted():
+    params, batch = _rollout()
+    state = upd.init_train_state(CONFIG, params)
+    bad = batch.replace(advantages=batch.advantages.at[0].set(jnp.nan))
+    new, m = _plain_update()(state, bad, jax.random.key(5))
+    # Row 0 lands in one minibatch per epoch: exactly those steps are skipped (NaN·0 weight is NaN).
+    assert int(new.skipped) == 2 and np.asarray(m["skipped"]).sum() == 2
+    assert np.isfinite(jax.tree.leaves(jax.tree.map(lambda x: np.asarray(x).sum(), new.params))).all()
+
+
+def test_lora_trains_only_lora_leaves_and_heads():
+    _, batch = _rollout()
+    params = {"model": pi0.init_params(LORA_MODEL, jax.random.key(0))}
+    params |= flow.init_heads(POLICY, LORA_MODEL, jax.random.key(1))
+    config = CONFIG.__class__(**{**CONFIG.__dict__, "trainable": "lora", "update_epochs": 1})
+    state = upd.init_train_state(config, params)
+    # The optimizer holds state for the trainable leaves only.
+    n_opt = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim > 0)
+    n_train = sum(
+        x.size
+        for x, lab in zip(jax.tree.leaves(params), jax.tree.leaves(upd.param_labels("lora", params)), strict=True)
+        if lab != "frozen"
+    )
+    assert n_opt == 2 * n_train  # Adam's two moments
+    new, _ = _plain_update(config, LORA_MODEL)(state, batch, jax.random.key(5))
+    moved, n_train_leaves = _frozen_unchanged_trainable_moved(config, params, new.params)
+    assert moved >= n_train_leaves - 2, f"only {moved}/{n_train_leaves} trainable leaves changed"
+
+
+def test_lora_set_needs_lora_leaves():
+    with pytest.raises(ValueError, match="LoRA leaves"):
+        upd.param_labels("lora", {"model": {"PaliGemma": {"llm": {"w": jnp.zeros(2)}}}, "value_head": {}})
+
+
+def test_value_head_has_its_own_learning_rate():
+    # Toy tree, lr 0 for the policy and 0.1 for the value head: Adam's first step is −lr·sign(g)
+    # (bias-corrected m/√v = ±1), so the value weight moves by exactly −0.1 and the model not at all.
+    params = {"model": {"action_in_proj": {"kernel": jnp.ones(3)}}, "value_head": {"out": {"kernel": jnp.ones(2)}}}
+    config = upd.UpdateConfig(lr=0.0, value_lr=0.1, weight_decay=0.0, grad_clip=1e9)
+    labels = upd.param_labels("full", params)
+    tx = upd.make_optimizer(config, labels)
+    grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_array_equal(updates["model"]["action_in_proj"]["kernel"], 0.0)
+    np.testing.assert_allclose(updates["value_head"]["out"]["kernel"], -0.1, rtol=1e-6)
+
+
+def test_sharded_update_matches_unsharded():
+    params, batch = _rollout()
+    state = upd.init_train_state(CONFIG, params)
+    ref, ref_m = _plain_update()(state, batch, jax.random.key(5))
+
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4))
+    # min_bytes 0 so even the tiny model's arrays are FSDP-sharded over the 4-way axis.
+    state_sh = upd.state_shardings(mesh, jax.eval_shape(lambda: state), min_bytes=0)
+    n_sharded = sum(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(state_sh.params))
+    assert n_sharded > 10
+    step = upd.jit_update(POLICY, MODEL, CONFIG, mesh, state_sh)
+    state_d = jax.device_put(state, state_sh)
+    batch_d = jax.device_put(batch, sharding.batch_sharding(mesh))
+    out, m = step(state_d, batch_d, jax.random.key(5))
+    assert state_d.params["value_head"]["out"]["kernel"].is_deleted()  # the state was donated
+    # Sharded reductions sum in another order; Adam divides by √v, so an element whose gradient is
+    # ~0 can turn a 1e-7 difference into a sizable fraction of one step (≤ lr = 1e-3). Bound every
+    # element by 10 % of one step and the mean by 1e-7.
+    diffs = [
+        np.abs(np.asarray(a) - np.asarray(b))
+        for a, b in zip(jax.tree.leaves(ref.params), jax.tree.leaves(out.params), strict=True)
+    ]
+    assert max(d.max() for d in diffs) < 1e-4
+    assert np.mean(np.concatenate([d.ravel() for d in diffs])) < 1e-7
+    for k in ("loss", "ratio", "approx_kl", "grad_norm"):
+        np.testing.assert_allclose(np.asarray(ref_m[k]), np.asarray(m[k]), rtol=1e-4, atol=1e-6)
+    leaf = out.params["model"]["PaliGemma"]["llm"]["layers"]["attn"]["q_einsum_1"]["w"]
+    assert leaf.sharding.spec == state_sh.params["model"]["PaliGemma"]["llm"]["layers"]["attn"]["q_einsum_1"]["w"].spec
