@@ -116,7 +116,7 @@ def test_loads_from_path_env_and_cache(sp_proto, tmp_path, monkeypatch):
     cached.parent.mkdir()
     cached.write_bytes(sp_proto)
     assert tok.resolve_tokenizer_path() == cached
-    with pytest.raises(FileNotFoundError, match="not found: .*missing.model"):
+    with pytest.raises(FileNotFoundError, match=r"not found: .*missing\.model"):
         tok.resolve_tokenizer_path(tmp_path / "missing.model")
 
 
