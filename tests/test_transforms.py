@@ -241,3 +241,42 @@ def test_errors_name_the_problem(tokenizer):
         tf.TransformConfig(cameras=(("c", "wrist"),), env_action_dim=7)
     with pytest.raises(ValueError, match="same slot"):
         tf.TransformConfig(cameras=(("a", "base_0_rgb"), ("b", "base_0_rgb")), env_action_dim=7)
+
+
+# ---------------------------------------------------------------- SFT augmentation (JAX)
+
+
+def test_rotate_and_crop_helpers_hand_checked():
+    import jax.numpy as jnp
+
+    from pirl.data import augment
+
+    image = np.random.default_rng(4).uniform(size=(7, 7, 3)).astype(np.float32)
+    # A quarter turn about the center of an odd square lands exactly on pixel centers: np.rot90
+    # turns counter-clockwise as displayed, the convention rotate() documents.
+    np.testing.assert_allclose(augment.rotate(jnp.asarray(image), math.pi / 2), np.rot90(image), atol=1e-5)
+    np.testing.assert_allclose(augment.rotate(jnp.asarray(image), 0.0), image, atol=1e-6)
+    # A full-size crop at the origin is the identity; a half crop of a constant image stays constant.
+    np.testing.assert_allclose(augment.crop_resize(jnp.asarray(image), 0, 0, 7, 7), image, atol=1e-6)
+    const = jnp.full((8, 8, 3), 0.25)
+    np.testing.assert_allclose(augment.crop_resize(const, 2, 3, 4, 4), 0.25, atol=1e-6)
+
+
+def test_augment_images_shapes_and_wrist_geometry():
+    import jax
+
+    from pirl.data import augment
+
+    rng = np.random.default_rng(5)
+    base = rng.uniform(-1, 1, (2, 16, 16, 3)).astype(np.float32)
+    # Wrist cameras get color jitter only: a spatially constant image stays spatially constant.
+    wrist = np.full((2, 16, 16, 3), 0.2, np.float32)
+    run = jax.jit(augment.augment_images)
+    out = run(jax.random.key(0), {"base_0_rgb": base, "left_wrist_0_rgb": wrist})
+    assert out["base_0_rgb"].shape == base.shape and out["left_wrist_0_rgb"].shape == wrist.shape
+    w = np.asarray(out["left_wrist_0_rgb"])
+    np.testing.assert_allclose(w, np.broadcast_to(w[:, :1, :1], w.shape), atol=1e-6)
+    assert np.abs(np.asarray(out["base_0_rgb"])).max() <= 1.0 + 1e-6
+    assert not np.allclose(out["base_0_rgb"], base, atol=1e-3)
+    again = run(jax.random.key(0), {"base_0_rgb": base, "left_wrist_0_rgb": wrist})
+    np.testing.assert_array_equal(out["base_0_rgb"], again["base_0_rgb"])
