@@ -27,6 +27,7 @@ import pathlib
 import re
 from collections.abc import Callable, Mapping
 
+import jax.numpy as jnp
 import numpy as np
 import safetensors
 import safetensors.numpy
@@ -195,6 +196,22 @@ def to_torch(params) -> dict[str, np.ndarray]:
     return out
 
 
+def torch_shapes(template) -> dict[str, tuple[int, ...]]:
+    """The PyTorch names and shapes `to_torch` would write for a params tree or `param_shapes`
+    tree, without materializing it (each layer slice is a zero-stride view)."""
+    out = {}
+    for path, spec in _flat(template).items():
+        rule = torch_rule(path)
+        if rule is None:
+            continue
+        keys, kind, stacked = rule
+        probe = np.broadcast_to(np.zeros((), np.float32), spec.shape[1:] if stacked else spec.shape)
+        shapes = [t.shape for t in _KINDS[kind][1](probe)]
+        for i in range(spec.shape[0]) if stacked else [None]:
+            out.update({key.format(i=i): shape for key, shape in zip(keys, shapes, strict=True)})
+    return out
+
+
 def save_torch(params, directory: str | os.PathLike, max_shard_bytes: int | None = None) -> pathlib.Path:
     """Writes params as PyTorch-named safetensors: one `model.safetensors`, or shards plus
     `model.safetensors.index.json` when they exceed `max_shard_bytes`."""
@@ -310,7 +327,7 @@ def from_torch(tensors: Mapping[str, np.ndarray], template) -> tuple[dict, dict[
             pieces.append(piece)
             used.update(wanted)
         value = np.stack(pieces) if stacked else pieces[0]
-        if not np.issubdtype(value.dtype, np.floating):
+        if not jnp.issubdtype(value.dtype, jnp.floating):  # numpy alone does not know bfloat16
             raise CheckpointError(f"{path}: expected a floating tensor, found {value.dtype}")
         flat[tuple(path.split("/"))] = value.astype(spec.dtype)
     if TIED_HEAD in names and EMBED in used:

@@ -49,9 +49,7 @@ def test_resize_with_pad_square_and_identity():
 
 def test_to_float_and_orientations():
     # x / 255 * 2 - 1: 0 -> -1, 255 -> 1, 51 -> 0.4 - 1 = -0.6
-    np.testing.assert_allclose(
-        img.to_float(np.array([[[0, 255, 51]]], np.uint8)), [[[-1.0, 1.0, -0.6]]], 1e-6
-    )
+    np.testing.assert_allclose(img.to_float(np.array([[[0, 255, 51]]], np.uint8)), [[[-1.0, 1.0, -0.6]]], 1e-6)
     a = np.arange(6 * 3, dtype=np.uint8).reshape(2, 3, 3)  # 2 rows, 3 columns
     assert (img.rotate_180(a)[0, 0] == a[1, 2]).all() and (img.rotate_180(a)[1, 2] == a[0, 0]).all()
     assert (img.flip_vertical(a)[0] == a[1]).all() and (img.flip_vertical(a)[1] == a[0]).all()
@@ -228,9 +226,7 @@ def test_errors_name_the_problem(tokenizer):
     cams, state = _libero_obs(batch=1, size=32)
     stats = {"state": _stats(8, 1.0), "actions": _stats(7, 1.0)}
     with pytest.raises(KeyError, match="robot0_eye_in_hand_image"):
-        tf.make_model_inputs(
-            cfg, {"agentview_image": cams["agentview_image"]}, state, ["x"], stats, tokenizer
-        )
+        tf.make_model_inputs(cfg, {"agentview_image": cams["agentview_image"]}, state, ["x"], stats, tokenizer)
     with pytest.raises(KeyError, match="no 'state' entry"):
         tf.make_model_inputs(cfg, cams, state, ["x"], {"actions": stats["actions"]}, tokenizer)
     with pytest.raises(ValueError, match="one prompt per row"):

@@ -41,9 +41,7 @@ def rotate(image: Float[Array, "H W C"], angle: jax.Array) -> Float[Array, "H W 
     center; bilinear sampling, black outside the source."""
     height, width, _ = image.shape
     cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
-    ys, xs = jnp.meshgrid(
-        jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij"
-    )
+    ys, xs = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32), jnp.arange(width, dtype=jnp.float32), indexing="ij")
     # Inverse map: each output pixel reads the source pixel rotated back by -angle. Rows grow
     # downwards, so a counter-clockwise turn on screen is clockwise in (x, y) array coordinates.
     cos, sin = jnp.cos(angle), jnp.sin(angle)
@@ -61,9 +59,7 @@ def _gray(image: Float[Array, "H W C"]) -> Float[Array, "H W 1"]:
     return (image @ jnp.array([0.299, 0.587, 0.114], image.dtype))[..., None]
 
 
-def color_jitter(
-    rng: PRNGKeyArray, image: Float[Array, "H W C"], cfg: AugmentConfig
-) -> Float[Array, "H W C"]:
+def color_jitter(rng: PRNGKeyArray, image: Float[Array, "H W C"], cfg: AugmentConfig) -> Float[Array, "H W C"]:
     """Brightness, contrast, saturation jitter of an image in [0, 1]; result clipped to [0, 1]."""
     kb, kc, ks = jax.random.split(rng, 3)
 

@@ -15,9 +15,7 @@ def _check_uint8(images: np.ndarray, name: str = "images") -> None:
         raise ValueError(f"{name} must be uint8 [..., H, W, 3], got {images.dtype} {images.shape}")
 
 
-def resize_with_pad(
-    images: UInt8[np.ndarray, "*b H W C"], height: int, width: int
-) -> UInt8[np.ndarray, "*b h w C"]:
+def resize_with_pad(images: UInt8[np.ndarray, "*b H W C"], height: int, width: int) -> UInt8[np.ndarray, "*b h w C"]:
     """Resizes to fit inside (height, width) keeping the aspect ratio, then pads with black (0).
 
     The scale is the one that makes the tighter side fit: ratio = max(W/width, H/height), new size

@@ -167,9 +167,7 @@ def make_model_inputs(
     """
     state = np.asarray(state, np.float32)
     if state.ndim != 2 or len(prompts) != state.shape[0]:
-        raise ValueError(
-            f"state must be [B, S] with one prompt per row; got {state.shape}, {len(prompts)} prompts"
-        )
+        raise ValueError(f"state must be [B, S] with one prompt per row; got {state.shape}, {len(prompts)} prompts")
     batch = state.shape[0]
     height, width = cfg.image_size
     orient = img.ORIENTATIONS[cfg.orientation]
@@ -191,9 +189,7 @@ def make_model_inputs(
             masks[slot] = np.zeros(batch, bool)
     normed = ns.normalize(state, _stats(norm_stats, "state"), cfg.norm)
     # π0.5's prompt bins the normalized state before it is padded.
-    ids, ids_mask = tokenizer.tokenize(
-        prompts, cfg.max_token_len, normed if cfg.discrete_state_input else None
-    )
+    ids, ids_mask = tokenizer.tokenize(prompts, cfg.max_token_len, normed if cfg.discrete_state_input else None)
     return {
         "images": out_images,
         "image_masks": masks,
