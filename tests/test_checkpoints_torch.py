@@ -99,11 +99,10 @@ def independent_torch_state_dict(params: dict, pi05: bool) -> dict[str, np.ndarr
 @pytest.fixture(scope="module", params=[False, True], ids=["pi0", "pi05"])
 def model(request):
     config = pi0.Pi0Config.tiny(pi05=request.param)
-    params = jax.tree.map(np.asarray, pi0.init_params(config, jax.random.key(1)))
-    # Zero-initialized leaves (norm scales, adaRMS kernels) would hide a mix-up: give every leaf
-    # distinct values.
+    # The real tree's structure and shapes (eval_shape, no init compile), filled with distinct
+    # random values: zero-initialized leaves (norm scales, adaRMS kernels) would hide a mix-up.
     rng = np.random.default_rng(0)
-    params = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(x.dtype), params)
+    params = jax.tree.map(lambda s: rng.normal(size=s.shape).astype(s.dtype), pi0.param_shapes(config))
     return config, params
 
 
