@@ -276,3 +276,26 @@ def test_augment_images_shapes_and_wrist_geometry():
     assert not np.allclose(out["base_0_rgb"], base, atol=1e-3)
     again = run(jax.random.key(0), {"base_0_rgb": base, "left_wrist_0_rgb": wrist})
     np.testing.assert_array_equal(out["base_0_rgb"], again["base_0_rgb"])
+
+
+def test_model_inputs_feed_the_model(tokenizer):
+    # The batch dict is pirl.models.pi0.Observation's fields; trace the tiny model on it
+    # (eval_shape: shapes and dtypes end to end, no compile) and map its output to env actions.
+    import jax
+
+    from pirl.models import pi0
+
+    assert pi0.IMAGE_KEYS == tf.IMAGE_KEYS
+    config = pi0.Pi0Config.tiny()
+    cfg = tf.libero(image_size=(config.image_size, config.image_size))
+    cfg = tf.TransformConfig(**{**cfg.__dict__, "max_token_len": config.max_token_len, "action_chunk": 5})
+    cams, state = _libero_obs(batch=2, size=64)
+    stats = {"state": _stats(8, 1.0), "actions": _stats(7, 1.0)}
+    obs = pi0.Observation(**tf.make_model_inputs(cfg, cams, state, ["pick up the black bowl"] * 2, stats, tokenizer))
+    noise = np.zeros((2, config.action_horizon, config.action_dim), np.float32)
+    out = jax.eval_shape(
+        lambda p, o, n: pi0.sample_actions(config, p, o, n, num_steps=2), pi0.param_shapes(config), obs, noise
+    )
+    assert out.shape == noise.shape
+    env = tf.to_env_actions(cfg, np.zeros(out.shape, out.dtype), state, stats)
+    assert env.shape == (2, 5, 7)
