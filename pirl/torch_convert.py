@@ -73,7 +73,7 @@ def _heads_out(x):
 
 
 _KINDS: dict[str, tuple[Callable, Callable]] = {
-    "copy": (lambda ws, shape: ws[0].reshape(shape), lambda x: [x]),
+    "copy": (lambda ws, shape: ws[0], lambda x: [x]),
     "dense": (lambda ws, shape: ws[0].T, lambda x: [x.T]),
     "q": (lambda ws, shape: _heads_in(ws[0], shape), lambda x: [_heads_out(x)]),
     "kv": (

@@ -287,3 +287,14 @@ def test_dummy_variant_names_and_shapes_without_allocation(pi05):
     assert LM + "layers.4.self_attn.q_proj.weight" not in got
     # A VLM layer: q, k, v, o, gate, up, down and two norms.
     assert sum(1 for k in got if k.startswith(LM + "layers.0.")) == 9
+
+
+def test_same_size_wrong_shape_is_not_reshaped_silently(model):
+    config, params = model
+    sd = independent_torch_state_dict(params, config.pi05)
+    key = LM + "layers.0.input_layernorm.weight"
+    sd[key] = sd[key].reshape(2, 16)  # 32 values, but not a [32] vector
+    with pytest.raises(
+        tc.CheckpointError, match=r"pre_attention_norm/scale: expected \[32\] per slice, found .*\[2, 16\]"
+    ):
+        tc.from_torch(sd, pi0.param_shapes(config))
