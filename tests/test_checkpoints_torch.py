@@ -298,3 +298,18 @@ def test_same_size_wrong_shape_is_not_reshaped_silently(model):
         tc.CheckpointError, match=r"pre_attention_norm/scale: expected \[32\] per slice, found .*\[2, 16\]"
     ):
         tc.from_torch(sd, pi0.param_shapes(config))
+
+
+def test_header_with_wrong_dtype_label_is_named(tmp_path):
+    # A safetensors header is an 8-byte little-endian length + JSON; relabel one F32 tensor as F64
+    # (same offsets), so its declared size no longer matches its bytes.
+    safetensors.numpy.save_file({"w": np.ones((4, 4), np.float32)}, tmp_path / "model.safetensors")
+    raw = (tmp_path / "model.safetensors").read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    assert header["w"]["dtype"] == "F32"
+    header["w"]["dtype"] = "F64"
+    text = json.dumps(header).encode().ljust(n)
+    (tmp_path / "model.safetensors").write_bytes(raw[:8] + text + raw[8 + n :])
+    with pytest.raises(tc.CheckpointError, match=r"model\.safetensors is not a readable safetensors file"):
+        tc.load_safetensors(tmp_path)

@@ -130,10 +130,10 @@ def _stats(dim, scale):
 
 def _libero_obs(batch=2, size=256):
     rng = np.random.default_rng(1)
-    agent = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    agentview = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     wrist = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     state = rng.normal(size=(batch, 8)).astype(np.float32)
-    return {"agentview_image": agent, "robot0_eye_in_hand_image": wrist}, state
+    return {"agentview_image": agentview, "robot0_eye_in_hand_image": wrist}, state
 
 
 def test_make_model_inputs_libero_pi0(tokenizer):
