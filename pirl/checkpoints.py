@@ -115,19 +115,6 @@ def infer_config(params: dict, **overrides) -> pi0.Pi0Config:
     return pi0.Pi0Config(**{**kw, **overrides})
 
 
-def check_params(config: pi0.Pi0Config, params: dict) -> None:
-    """Raises a ValueError naming the first path whose presence or shape differs from `config`'s tree."""
-    expected = traverse_util.flatten_dict(pi0.param_shapes(config), sep="/")
-    found = traverse_util.flatten_dict(params, sep="/")
-    for key in sorted(expected.keys() | found.keys()):
-        if key not in found:
-            raise ValueError(f"parameter {key}: missing (expected shape {expected[key].shape})")
-        if key not in expected:
-            raise ValueError(f"parameter {key}: unexpected for this config (shape {np.shape(found[key])})")
-        if tuple(expected[key].shape) != tuple(np.shape(found[key])):
-            raise ValueError(f"parameter {key}: expected shape {expected[key].shape}, found {np.shape(found[key])}")
-
-
 def load_openpi(path: str | pathlib.Path, **overrides) -> tuple[pi0.Pi0Config, dict]:
     """Loads an openpi checkpoint directory: returns (model config inferred from its shapes, params).
 
@@ -138,7 +125,8 @@ def load_openpi(path: str | pathlib.Path, **overrides) -> tuple[pi0.Pi0Config, d
     """
     params = restore_params(path)
     config = infer_config(params, **overrides)
-    check_params(config, params)
+    # Stored dtypes vary (float32, bfloat16): only paths and shapes must match the architecture.
+    validate_params(params, pi0.param_shapes(config), check_dtype=False)
     return config, params
 
 

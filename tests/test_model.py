@@ -212,3 +212,17 @@ def test_bad_observation_errors_name_the_problem():
         pi0.prefix_pass(config, params, wrong)
     with pytest.raises(ValueError, match="unknown Gemma variant 'gemma_7b'"):
         pi0.Pi0Config(paligemma_variant="gemma_7b")
+
+
+def test_dropping_a_masked_camera_changes_nothing():
+    # Masked tokens take no position and are never attended to, so a config without the camera
+    # gives the same actions as one that carries it masked (and skips its SigLIP pass).
+    config, params, obs = _setup(False)
+    two = pi0.Pi0Config.tiny(image_keys=pi0.IMAGE_KEYS[:2])
+    obs2 = obs.replace(
+        images={k: obs.images[k] for k in two.image_keys}, image_masks={k: obs.image_masks[k] for k in two.image_keys}
+    )
+    noise = _noise(config)
+    np.testing.assert_allclose(
+        sample(two, params, obs2, noise, num_steps=2), sample(config, params, obs, noise, num_steps=2), atol=1e-5
+    )
