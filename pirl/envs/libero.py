@@ -48,7 +48,7 @@ NOOP = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)
 ASSETS_ENV = "PIRL_LIBERO_ASSETS"
 
 
-def quat_to_axis_angle(quat: Float[np.ndarray, "4"]) -> Float[np.ndarray, "3"]:
+def quat_to_axis_angle(quat: Float[np.ndarray, " 4"]) -> Float[np.ndarray, " 3"]:
     """(x, y, z, w) unit quaternion -> axis * angle, angle = 2 acos(w) in [0, 2 pi]."""
     q = np.asarray(quat, np.float64)
     w = np.clip(q[3], -1.0, 1.0)
@@ -83,7 +83,7 @@ def write_config(config_dir: str, assets_dir: str | None = None) -> str:
     spec = importlib.util.find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("LIBERO is not installed; run third_party/install_sims.sh")
-    root = os.path.join(list(spec.submodule_search_locations)[0], "libero")
+    root = os.path.join(next(iter(spec.submodule_search_locations)), "libero")
     paths = {
         "benchmark_root": root,
         "bddl_files": os.path.join(root, "bddl_files"),

@@ -106,7 +106,7 @@ DIFFICULTY: dict[str, tuple[str, ...]] = {
         "window-close-v3",
         "window-open-v3",
         "peg-unplug-side-v3",
-    ),  # fmt: skip
+    ),
     "medium": (
         "basketball-v3",
         "bin-picking-v3",
@@ -119,7 +119,7 @@ DIFFICULTY: dict[str, tuple[str, ...]] = {
         "soccer-v3",
         "sweep-v3",
         "sweep-into-v3",
-    ),  # fmt: skip
+    ),
     "hard": (
         "assembly-v3",
         "hand-insert-v3",
