@@ -157,7 +157,12 @@ class _Common:
 
     def _setup(self, env):
         u = env.unwrapped
-        self.camera = self.cfg.camera or next(iter(u._sensors))
+        self.camera = None
+        if self.cfg.render:
+            cams = list(u._sensors)
+            self.camera = self.cfg.camera or cams[0]
+            if self.camera not in cams:
+                raise ValueError(f"camera {self.camera!r} not among the task's sensors {cams}")
         from mani_skill.utils.registration import REGISTERED_ENVS
 
         # Each task's own time limit truncates it; the spec carries the longest.
