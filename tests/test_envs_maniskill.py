@@ -12,9 +12,7 @@ from pirl.envs import pool
 
 
 def test_missing_assets_and_unknown_tasks_are_named():
-    with pytest.raises(
-        FileNotFoundError, match=r"needs asset 'bridge_v2_real2sim', not found at .*bridge_v2"
-    ):
+    with pytest.raises(FileNotFoundError, match=r"needs asset 'bridge_v2_real2sim', not found at .*bridge"):
         ms.ManiSkillSim(ms.ManiSkillConfig(tasks=("PutCarrotOnPlateInScene-v1",)))
     with pytest.raises(ValueError, match=r"PutOnPlateInScene25Main-v3.*bridge_v2_real2sim"):
         ms.ManiSkillSim(ms.ManiSkillConfig(tasks=("PutOnPlateInScene25Main-v3",)))
@@ -49,7 +47,7 @@ def test_scripted_pick_reports_success():
                 tcp, cube = u.agent.tcp.pose.p[0].numpy(), u.cube.pose.p[0].numpy()
                 goal = u.goal_site.pose.p[0].numpy()
                 # above the cube, down to it, close the gripper, carry it to the goal
-                target, grip = [(cube + [0, 0, 0.06], 1), (cube, 1), (tcp, -1), (goal, -1)][
+                target, grip = [(cube + np.array([0, 0, 0.06]), 1), (cube, 1), (tcp, -1), (goal, -1)][
                     (t >= 12) + (t >= 20) + (t >= 25)
                 ]
                 a = np.zeros(7, np.float32)
