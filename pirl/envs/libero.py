@@ -101,7 +101,9 @@ def write_config(config_dir: str, assets_dir: str | None = None) -> str:
 
 
 def import_libero(assets_dir: str | None):
-    """Imports LIBERO without any prompt, pointed at ``assets_dir``; returns (benchmark, env class)."""
+    """Imports LIBERO without any prompt, pointed at ``assets_dir``.
+
+    Returns (benchmark module, rendering env class, non-rendering env class)."""
     config_dir = os.environ.get("LIBERO_CONFIG_PATH") or default_config_dir()
     if not os.path.exists(os.path.join(config_dir, "config.yaml")):
         write_config(config_dir, assets_dir)
@@ -109,12 +111,13 @@ def import_libero(assets_dir: str | None):
     import libero.libero as libero_root
     from libero.libero import benchmark
     from libero.libero.envs import OffScreenRenderEnv
+    from libero.libero.envs.env_wrapper import ControlEnv
 
     if assets_dir is not None:
         # hf-libero resolves assets through get_assets_path(), which returns this cache when the
         # folder exists and otherwise downloads (not the config's "assets" key).
         libero_root._assets_path_cache = os.path.abspath(assets_dir)
-    return benchmark, OffScreenRenderEnv
+    return benchmark, OffScreenRenderEnv, ControlEnv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,6 +126,7 @@ class LiberoConfig:
 
     Attributes:
       suite: one of SUITES or "libero_130".
+      task_subset: if set, only these task indices of the suite (task id k means task_subset[k]).
       image_size: (H, W) of both cameras.
       render: False gives observations with no images (robosuite skips rendering).
       assets_dir: folder with LIBERO's scene/object assets; None reads $PIRL_LIBERO_ASSETS.
@@ -133,6 +137,7 @@ class LiberoConfig:
     """
 
     suite: str = "libero_spatial"
+    task_subset: tuple[int, ...] | None = None
     image_size: tuple[int, int] = (224, 224)
     render: bool = True
     assets_dir: str | None = None
@@ -142,7 +147,7 @@ class LiberoConfig:
     seed: int = 0
 
     def __post_init__(self):
-        suite_tasks(self.suite)
+        self.tasks()
         if not 1 <= self.num_trials <= 50:
             raise ValueError(f"num_trials must be in [1, 50] (init states per task), got {self.num_trials}")
 
@@ -155,11 +160,23 @@ class LiberoConfig:
             )
         return d
 
+    def tasks(self) -> list[tuple[str, int]]:
+        """(suite, index within suite) of every task id."""
+        tasks = suite_tasks(self.suite)
+        if self.task_subset is None:
+            return tasks
+        bad = [k for k in self.task_subset if not 0 <= k < len(tasks)]
+        if bad or not self.task_subset:
+            raise ValueError(
+                f"task_subset {self.task_subset} must be non-empty indices into {len(tasks)} tasks"
+            )
+        return [tasks[k] for k in self.task_subset]
+
     def task_max_steps(self, task: int) -> int:
-        return self.max_steps or MAX_STEPS[suite_tasks(self.suite)[task][0]]
+        return self.max_steps or MAX_STEPS[self.tasks()[task][0]]
 
     def spec(self) -> base.EnvSpec:
-        tasks = suite_tasks(self.suite)
+        tasks = self.tasks()
         h, w = self.image_size
         cams = (base.CameraSpec("main", h, w), base.CameraSpec("wrist", h, w)) if self.render else ()
         return base.EnvSpec(
@@ -184,8 +201,10 @@ class LiberoSim:
 
     def __init__(self, cfg: LiberoConfig):
         self.cfg, self.spec = cfg, cfg.spec()
-        self.benchmark, self.env_cls = import_libero(cfg.resolved_assets_dir())
-        self.tasks = suite_tasks(cfg.suite)
+        self.benchmark, render_cls, plain_cls = import_libero(cfg.resolved_assets_dir())
+        # OffScreenRenderEnv always builds a renderer; without images the base class skips it.
+        self.env_cls = render_cls if cfg.render else plain_cls
+        self.tasks = cfg.tasks()
         self._suites: dict[str, object] = {}
         self.env, self.task = None, -1
         self.prev_success, self.t, self.limit = False, 0, 0
@@ -205,7 +224,7 @@ class LiberoSim:
             h, w = self.cfg.image_size
             kw = dict(camera_heights=h, camera_widths=w)
             if not self.cfg.render:
-                kw.update(has_offscreen_renderer=False, use_camera_obs=False)
+                kw.update(has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False)
             self.env = self.env_cls(bddl_file_name=suite.get_task_bddl_file_path(idx), **kw)
             self.task = task
             self.init_states = suite.get_task_init_states(idx)
