@@ -18,7 +18,7 @@ export DEBIAN_FRONTEND=noninteractive
 PY=${PYTHON:-python3}
 SIMS=${PIRL_SIMS:-"metaworld libero maniskill"}
 HERE="$(cd "$(dirname "$0")" && pwd)"
-pipi() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
+pipi() { "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore "$@"; }
 has_py() { "$PY" -c "import $1" >/dev/null 2>&1; }
 want() { [[ " $SIMS " == *" $1 "* ]]; }
 
