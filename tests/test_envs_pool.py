@@ -1,5 +1,6 @@
 """EnvPool on the toy simulator: bookkeeping, groups, auto-reset, pipelining, crashes, shutdown."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -151,6 +152,30 @@ def test_killed_worker_is_replaced_and_others_intact(auto_reset):
             assert r2.valid[:2].all() and not r2.valid[2:].any()
             p.reset(ids)
             assert p.step_chunk(act[:, :2]).valid.all()
+
+
+@dataclasses.dataclass(frozen=True)
+class Broken(toy.ToyConfig):
+    """Toy sims whose factory or step raises, to check that errors reach the main process."""
+
+    fail_in: str = "factory"
+
+    def __call__(self, worker_index, num_envs):
+        if self.fail_in == "factory":
+            raise OSError("no such scene file: /nowhere/scene.xml")
+        group = super().__call__(worker_index, num_envs)
+        for sim in group.sims:
+            sim.step = lambda action: 1 / 0
+        return group
+
+
+def test_worker_errors_are_raised_with_their_traceback():
+    with pytest.raises(RuntimeError, match=r"(?s)env worker 0 failed:.*OSError: no such scene file"):
+        make(Broken())
+    with make(Broken(fail_in="step")) as p:
+        p.reset(np.zeros((4, 2)))
+        with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+            p.step_chunk(np.zeros((4, 1, 2)))
 
 
 def _alive(pid):

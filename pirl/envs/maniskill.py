@@ -16,7 +16,10 @@ Two ways to run:
   on machines without a GPU), many worker processes in an EnvPool.
 - GPU (``backend="gpu"``): ``GPUGroup`` is one ManiSkill env with ``num_envs=M`` simulated and
   rendered on CUDA inside a single worker process; resets are partial (``options["env_idx"]``).
-  Not exercised by the CPU test-suite.
+  Envs sharing an init id within one reset call get identical scenes (the first one's state is
+  copied to the others), but tasks that sample poses with torch.rand seeded once per batch do not
+  promise the same scene for the same id across different reset calls. Not exercised by the
+  CPU test-suite (written from ManiSkill 3.0.1's reset/state API, untested on a GPU).
 
 Tasks whose assets are not shipped in the wheel (the Bridge/SimplerEnv ``*InScene*`` tasks need
 ``bridge_v2_real2sim``) fail at construction with the missing folder named.
@@ -249,8 +252,13 @@ class GPUGroup(_Common):
 
         u = self.env.unwrapped
         idx = torch.as_tensor(env_ids, device=u.device)
-        seeds = [episode_seed(t, r) for t, r in init_ids]
-        obs, _ = self.env.reset(seed=seeds, options={"env_idx": idx})
+        # ManiSkill replaces its whole per-env seed array with the list it is given, so the list must
+        # cover all M envs even for a partial reset; envs outside env_idx keep their current seed.
+        seeds = np.zeros(self.num_envs, np.int64)
+        if getattr(u, "_episode_seed", None) is not None and len(u._episode_seed) == self.num_envs:
+            seeds[:] = u._episode_seed
+        seeds[env_ids] = [episode_seed(t, r) for t, r in init_ids]
+        obs, _ = self.env.reset(seed=seeds.tolist(), options={"env_idx": idx})
         # Tasks draw poses with torch.rand seeded once per batch, so equal seeds within one batch do
         # not give equal scenes; copy the first env of each init id onto the others (GRPO groups).
         first = {}

@@ -31,6 +31,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 from multiprocessing import connection, shared_memory
@@ -182,9 +183,10 @@ class _Worker:
 def _worker_main(conn, factory, index: int, cfg: PoolConfig, shm_names, restarts: int):
     # Ctrl-C goes to the whole process group; only the main process should react to it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    group = factory(index, cfg.envs_per_worker)
-    w = _Worker(conn, group, index, cfg, restarts)
+    group = w = None
     try:
+        group = factory(index, cfg.envs_per_worker)
+        w = _Worker(conn, group, index, cfg, restarts)
         instructions = None
         if shm_names is not None:
             w.attach(shm_names)
@@ -193,9 +195,15 @@ def _worker_main(conn, factory, index: int, cfg: PoolConfig, shm_names, restarts
                 instructions = w.reset(ids, w.next_init_ids(ids))
         conn.send(("ready", group.spec, instructions))
         w.serve()
+    except Exception:
+        # A Python error in a simulator is a bug, not a crash to recover from: hand the traceback
+        # to the main process, which raises it, and exit.
+        with contextlib.suppress(BrokenPipeError, OSError):
+            conn.send(("error", traceback.format_exc()))
     finally:
-        group.close()
-        for shm in w.shm.values():
+        if group is not None:
+            group.close()
+        for shm in w.shm.values() if w is not None else ():
             shm.close()
 
 
@@ -232,6 +240,7 @@ class EnvPool:
         self._shm: dict[str, shared_memory.SharedMemory] = {}
         self._arrays: dict[str, np.ndarray] = {}
         self._pending: list[str | None] = [None] * cfg.num_workers
+        self._chunk_len: dict[int, int] = {}
         self._closed = False
         self.restarts = np.zeros(cfg.num_workers, np.int64)
         self.crash_log: list[tuple[int, float]] = []  # (worker, time.monotonic() when noticed)
@@ -314,6 +323,9 @@ class EnvPool:
                 except (EOFError, OSError):
                     msg = None
                 if msg is not None:
+                    if msg[0] == "error":
+                        proc.join(5)
+                        raise RuntimeError(f"env worker {w} failed:\n{msg[1]}")
                     if msg[0] != kind:
                         raise RuntimeError(f"worker {w} replied {msg[0]!r}, expected {kind!r}")
                     return msg
@@ -391,12 +403,12 @@ class EnvPool:
                 raise RuntimeError(f"stage {stage} already has a chunk in flight; call recv_step first")
             self._send(w, self._conns[w], ("step", actions[k * m : (k + 1) * m]))
             self._pending[w] = "step"
-        self._chunk_len = actions.shape[1]
+        self._chunk_len[stage] = actions.shape[1]
 
     def recv_step(self, stage: int) -> base.ChunkResult:
         """Waits for a stage's chunk; returns results for its envs (rows ``stage_envs(stage)``)."""
         workers = self.stage_workers[stage]
-        m, t_len = self.cfg.envs_per_worker, self._chunk_len
+        m, t_len = self.cfg.envs_per_worker, self._chunk_len.get(stage, 0)
         parts, crashed = [], []
         for w in workers:
             if self._pending[w] is None:
