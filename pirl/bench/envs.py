@@ -7,7 +7,9 @@ Each configuration starts a pool of P workers x M envs (auto-reset, one task, ze
 runs one warm-up chunk, then steps chunks of ``--chunk`` actions for ``--seconds`` and counts the
 executed env steps. Scaling efficiency = steps/s with P processes / (P x steps/s with one), the
 figure of merit for "a process per core": 1.0 is perfect, and it falls when processes contend for
-cores, memory bandwidth or the pipe. On a machine shared with other work the numbers are noisy.
+cores, memory bandwidth or the pipe. "worker CPU" is the share of one core each worker actually
+got: well under 100% means the workers were starved (other load on the machine, or the main
+process too slow to feed them), and the efficiency then says nothing about the pool.
 Episodes are kept long (max_steps raised) so resets do not dominate, except MetaWorld without
 rendering, whose 100-step episodes reset in milliseconds.
 """
@@ -27,6 +29,10 @@ LIBERO_ASSETS_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", ".."
 
 def make_factory(sim: str, render: bool, size: int):
     """(factory, action_dim, gl) for one simulator, restricted to a single task."""
+    if sim == "toy":  # no simulator: measures the pool's own overhead
+        from pirl.envs import toy
+
+        return toy.ToyConfig(max_steps=10**9, image_size=size, cameras=("main",) if render else ()), 2, None
     if sim == "metaworld":
         from pirl.envs import metaworld
 
@@ -55,8 +61,20 @@ def make_factory(sim: str, render: bool, size: int):
     raise ValueError(f"unknown simulator {sim!r}")
 
 
-def measure(sim: str, render: bool, procs: int, envs: int, size: int, chunk: int, seconds: float) -> float:
-    """Env steps per second of one pool configuration."""
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    sim: str, render: bool, procs: int, envs: int, size: int, chunk: int, seconds: float
+) -> tuple[float, float]:
+    """(env steps per second, mean CPU share each worker got) of one pool configuration.
+
+    The CPU share tells a starved worker (other load on the machine) from a pool that does not
+    scale: a worker that is busy the whole time uses ~100% of one core."""
     factory, adim, gl = make_factory(sim, render, size)
     cfg = pool.PoolConfig(procs, envs, auto_reset=True, gl=gl if envs == 1 else "osmesa")
     rng = np.random.default_rng(0)
@@ -65,12 +83,15 @@ def measure(sim: str, render: bool, procs: int, envs: int, size: int, chunk: int
         # Small random actions: the arm moves (so rendering is not of a static scene) but stays put.
         act = lambda: rng.uniform(-0.1, 0.1, (p.num_envs, chunk, adim)).astype(np.float32)
         p.step_chunk(act())
+        pids = p.worker_pids()
+        cpu0 = sum(_cpu_seconds(x) for x in pids)
         steps, start = 0, time.perf_counter()
         while True:
             steps += int(p.step_chunk(act()).valid.sum())
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
-                return steps / elapsed
+                cpu = sum(_cpu_seconds(x) for x in pids) - cpu0
+                return steps / elapsed, cpu / (elapsed * procs)
 
 
 def main(argv=None):
@@ -85,22 +106,26 @@ def main(argv=None):
 
     rows = []
     print(
-        f"envs per process: {args.envs_per_proc}, image {args.size}x{args.size}, chunk {args.chunk}",
+        f"envs per process: {args.envs_per_proc}, image {args.size}x{args.size}, chunk {args.chunk}, "
+        f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.1f}",
         flush=True,
     )
-    print(f"{'simulator':<10} {'render':<7} {'P':>3} {'steps/s':>9} {'efficiency':>10}", flush=True)
+    print(
+        f"{'simulator':<10} {'render':<7} {'P':>3} {'steps/s':>9} {'efficiency':>10} {'worker CPU':>10}",
+        flush=True,
+    )
     for sim in args.sims:
         for render in (False, True):
             base_rate = None
             for procs in range(1, args.max_procs + 1):
-                rate = measure(sim, render, procs, args.envs_per_proc, args.size, args.chunk, args.seconds)
+                rate, cpu = measure(
+                    sim, render, procs, args.envs_per_proc, args.size, args.chunk, args.seconds
+                )
                 base_rate = base_rate or rate
                 eff = rate / (procs * base_rate)
-                rows.append((sim, render, procs, rate, eff))
-                print(
-                    f"{sim:<10} {'on' if render else 'off':<7} {procs:>3} {rate:>9.1f} {eff:>10.2f}",
-                    flush=True,
-                )
+                rows.append((sim, render, procs, rate, eff, cpu))
+                mode = "on" if render else "off"
+                print(f"{sim:<10} {mode:<7} {procs:>3} {rate:>9.1f} {eff:>10.2f} {cpu:>10.0%}", flush=True)
     return rows
 
 

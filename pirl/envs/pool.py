@@ -30,6 +30,7 @@ import dataclasses
 import multiprocessing as mp
 import os
 import signal
+import sys
 import time
 import traceback
 import weakref
@@ -42,9 +43,10 @@ from jaxtyping import Float32, Int64
 
 from pirl.envs import base
 
-# Worker processes inherit these before any simulator is imported: one BLAS/OpenMP thread per
-# worker, since parallelism comes from the process count and oversubscription kills scaling.
-_WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+# Thread pools that workers size from these variables before any simulator is imported: BLAS and
+# OpenMP, and llvmpipe/lavapipe (Mesa's CPU renderers, LP_NUM_THREADS), which otherwise start one
+# render thread per core in every worker.
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LP_NUM_THREADS")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +61,9 @@ class PoolConfig:
       num_stages: split workers into this many stages for pipelined stepping.
       gl: MUJOCO_GL for the workers ("egl" or "osmesa"); None leaves the environment alone.
       timeout_s: a worker silent for this long during a command is killed and treated as crashed.
+      threads_per_worker: size of each worker's BLAS/OpenMP/CPU-renderer thread pools. 1 suits one
+        worker per core (parallelism from processes, no oversubscription); raise it when there are
+        fewer workers than cores.
     """
 
     num_workers: int
@@ -68,6 +73,7 @@ class PoolConfig:
     num_stages: int = 1
     gl: str | None = None
     timeout_s: float = 600.0
+    threads_per_worker: int = 1
 
     def __post_init__(self):
         if self.num_workers < 1 or self.envs_per_worker < 1:
@@ -183,6 +189,9 @@ class _Worker:
 def _worker_main(conn, factory, index: int, cfg: PoolConfig, shm_names, restarts: int):
     # Ctrl-C goes to the whole process group; only the main process should react to it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Simulators print freely (from Python and C); keep the main process's stdout for its own output.
+    sys.stdout.flush()
+    os.dup2(2, 1)
     group = w = None
     try:
         group = factory(index, cfg.envs_per_worker)
@@ -275,8 +284,8 @@ class EnvPool:
     # -- process management ----------------------------------------------------------------
     def _start(self, w: int, shm_names):
         parent, child = self._ctx.Pipe(duplex=True)
-        saved = {k: os.environ.get(k) for k in [*_WORKER_ENV, "MUJOCO_GL", "PYOPENGL_PLATFORM"]}
-        os.environ.update(_WORKER_ENV)
+        saved = {k: os.environ.get(k) for k in [*_THREAD_VARS, "MUJOCO_GL", "PYOPENGL_PLATFORM"]}
+        os.environ.update({k: str(self.cfg.threads_per_worker) for k in _THREAD_VARS})
         if self.cfg.gl is not None:
             os.environ["MUJOCO_GL"] = self.cfg.gl
             os.environ["PYOPENGL_PLATFORM"] = self.cfg.gl
