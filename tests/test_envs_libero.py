@@ -94,3 +94,25 @@ def test_libero_envs_through_pool():
         assert r.valid.all() and not r.success.any() and not r.done.any()
         np.testing.assert_array_equal(r.episode_length, [5, 5])
         assert (r.obs.state[:, 2] > s[2] + 0.01).all()  # the end effector went up
+
+
+@pytest.mark.slow
+def test_success_when_the_goal_holds():
+    """libero_goal task 0 is "open the middle drawer of the cabinet"; LIBERO calls the drawer open
+    when its slide joint is below -0.14. Pulling the joint to -0.15 by hand must make the next step
+    a success: reward 1, terminated; and a closed drawer must not."""
+    cfg = lb.LiberoConfig(suite="libero_goal", render=False, assets_dir=LIBERO_ASSETS, warmup_steps=2)
+    sim = lb.LiberoSim(cfg)
+    try:
+        obs, text = sim.reset(0, 0)
+        assert text == "open the middle drawer of the cabinet" and obs.state.shape == (8,)
+        out = sim.step(lb.NOOP)
+        assert not out.success and out.reward == 0.0 and not out.terminated
+        sim_ = sim.env.env.sim
+        addr = sim_.model.get_joint_qpos_addr("wooden_cabinet_1_middle_level")
+        sim_.data.qpos[addr] = -0.15
+        sim_.forward()
+        out = sim.step(lb.NOOP)
+        assert out.success and out.terminated and out.reward == 1.0 and not out.truncated
+    finally:
+        sim.close()
