@@ -124,19 +124,22 @@ def test_bad_inputs_name_the_problem():
 def test_killed_worker_is_replaced_and_others_intact(auto_reset):
     cfg = toy.ToyConfig(sleep_s=0.05, max_steps=50)
     ids = np.array([[0, 0], [1, 1], [2, 2], [1, 3]])
-    act = np.full((4, 10, 2), 0.3, np.float32)
+    # 40 steps x 50 ms: worker 0 is still busy for ~2 s after the kill, so noticing the death
+    # within 1 s requires watching all workers at once, not one after another.
+    act = np.full((4, 40, 2), 0.01, np.float32)
     with make(cfg, auto_reset=auto_reset) as q:
         q.reset(ids)
         ref = q.step_chunk(act)
     with make(cfg, auto_reset=auto_reset) as p:
         p.reset(ids)
         victim = p.worker_pids()[1]
-        p.send_step(0, act)  # 10 steps x 50 ms: the kill lands mid-chunk
+        p.send_step(0, act)
         time.sleep(0.2)
         killed_at = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         r = p.recv_step(0)
         assert p.crash_log[0][0] == 1 and p.crash_log[0][1] - killed_at < 1.0
+        assert r.valid[:2].all()  # worker 0 finished its whole chunk
         np.testing.assert_array_equal(r.crashed, [0, 0, 1, 1])
         assert not r.valid[2:].any() and r.done[2:].all()
         for f in ("rewards", "valid", "episode_length"):
@@ -170,7 +173,7 @@ class Broken(toy.ToyConfig):
 
 
 def test_worker_errors_are_raised_with_their_traceback():
-    with pytest.raises(RuntimeError, match=r"(?s)env worker 0 failed:.*OSError: no such scene file"):
+    with pytest.raises(RuntimeError, match=r"(?s)env worker [01] failed:.*OSError: no such scene file"):
         make(Broken())
     with make(Broken(fail_in="step")) as p:
         p.reset(np.zeros((4, 2)))

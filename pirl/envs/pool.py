@@ -229,10 +229,6 @@ def _array_layout(spec: base.EnvSpec, n: int) -> dict[str, tuple[tuple[int, ...]
 # Main side
 
 
-class WorkerCrashed(Exception):
-    pass
-
-
 class EnvPool:
     """P worker processes x M envs behind one batched interface (see module docstring).
 
@@ -264,7 +260,8 @@ class EnvPool:
         try:
             for w in range(cfg.num_workers):
                 self._start(w, None)
-            specs = [self._expect(w, "ready", startup=True)[1] for w in range(cfg.num_workers)]
+            ready = self._gather(list(range(cfg.num_workers)), "ready", startup=True)
+            specs = [ready[w][1] for w in range(cfg.num_workers)]
             self.spec: base.EnvSpec = specs[0]
             if any(s != self.spec for s in specs):
                 raise ValueError(f"workers built different EnvSpecs: {set(specs)}")
@@ -314,40 +311,54 @@ class EnvPool:
         self._conns[w].close()
         self.restarts[w] += 1
         self._start(w, {k: s.name for k, s in self._shm.items()})
-        _, _, instructions = self._expect(w, "ready", startup=True)
+        _, _, instructions = self._gather([w], "ready", startup=True)[w]
         m = self.cfg.envs_per_worker
         if instructions is not None:
             for i, text in instructions.items():
                 self.instructions[w * m + i] = text
 
-    def _expect(self, w: int, kind: str, startup: bool = False):
-        """Waits for worker w's reply of the given kind; raises WorkerCrashed if it dies first."""
-        conn, proc = self._conns[w], self._procs[w]
+    def _gather(self, workers: list[int], kind: str, startup: bool = False) -> dict[int, tuple | None]:
+        """Waits for one reply of the given kind from each worker, all at once, so that a death is
+        seen as soon as the OS reports it, whatever the others are doing. Returns {worker: message},
+        with None for a worker that died (or hung past timeout_s and was killed)."""
+        out: dict[int, tuple | None] = {}
+        pending = set(workers)
         deadline = time.monotonic() + self.cfg.timeout_s
-        while True:
-            ready = connection.wait([conn, proc.sentinel], timeout=max(0.0, deadline - time.monotonic()))
-            if conn in ready:
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
-                    msg = None
-                if msg is not None:
-                    if msg[0] == "error":
-                        proc.join(5)
-                        raise RuntimeError(f"env worker {w} failed:\n{msg[1]}")
-                    if msg[0] != kind:
-                        raise RuntimeError(f"worker {w} replied {msg[0]!r}, expected {kind!r}")
-                    return msg
-            elif not ready:  # timed out: a hung simulator is handled like a dead one
-                proc.kill()
-            proc.join(5)
-            self.crash_log.append((w, time.monotonic()))
-            if startup:
-                raise RuntimeError(
-                    f"env worker {w} died while starting (exit code {proc.exitcode}); "
-                    "run its factory in the main process to see the error"
-                )
-            raise WorkerCrashed(w)
+        while pending:
+            handles = {}
+            for w in pending:
+                handles[self._conns[w]] = w
+                handles[self._procs[w].sentinel] = w
+            ready = connection.wait(list(handles), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:  # timed out: a hung simulator is handled like a dead one
+                for w in pending:
+                    self._procs[w].kill()
+                ready = [self._procs[w].sentinel for w in pending]
+            for w in {handles[h] for h in ready} & pending:
+                conn, proc = self._conns[w], self._procs[w]
+                msg = None
+                # A worker may have replied and then died: read what it sent before its sentinel.
+                if conn.poll():
+                    with contextlib.suppress(EOFError, OSError):
+                        msg = conn.recv()
+                if msg is None and proc.is_alive():
+                    continue  # spurious wake-up
+                pending.discard(w)
+                if msg is not None and msg[0] == "error":
+                    proc.join(5)
+                    raise RuntimeError(f"env worker {w} failed:\n{msg[1]}")
+                if msg is not None and msg[0] != kind:
+                    raise RuntimeError(f"env worker {w} replied {msg[0]!r}, expected {kind!r}")
+                if msg is None:
+                    self.crash_log.append((w, time.monotonic()))
+                    proc.join(5)
+                    if startup:
+                        raise RuntimeError(
+                            f"env worker {w} died while starting (exit code {proc.exitcode}); "
+                            "run its factory in the main process to see the error"
+                        )
+                out[w] = msg
+        return out
 
     def _rows(self, workers: list[int]) -> np.ndarray:
         m = self.cfg.envs_per_worker
@@ -372,15 +383,14 @@ class EnvPool:
         m = self.cfg.envs_per_worker
         for w, conn in enumerate(self._conns):
             self._send(w, conn, ("reset", ids[w * m : (w + 1) * m]))
+        replies = self._gather(list(range(self.cfg.num_workers)), "reset")
         for w in range(self.cfg.num_workers):
-            try:
-                _, instructions = self._expect(w, "reset")
-            except WorkerCrashed:
+            if replies[w] is None:
                 # A reset has no episode to lose: bring the worker back and reset it again.
                 self._restart(w)
                 self._conns[w].send(("reset", ids[w * m : (w + 1) * m]))
-                _, instructions = self._expect(w, "reset")
-            for i, text in instructions.items():
+                replies[w] = self._gather([w], "reset", startup=True)[w]
+            for i, text in replies[w][1].items():
                 self.instructions[w * m + i] = text
         self._pending = [None] * self.cfg.num_workers
         self.tracker.start(np.ones(self.num_envs, bool))
@@ -392,7 +402,7 @@ class EnvPool:
             raise RuntimeError("EnvPool is closed")
 
     def _send(self, w: int, conn, msg):
-        # A dead worker's pipe is broken; _expect will see its sentinel and report the crash.
+        # A dead worker's pipe is broken; _gather will see its sentinel and report the crash.
         with contextlib.suppress(BrokenPipeError, OSError):
             conn.send(msg)
 
@@ -418,18 +428,19 @@ class EnvPool:
         """Waits for a stage's chunk; returns results for its envs (rows ``stage_envs(stage)``)."""
         workers = self.stage_workers[stage]
         m, t_len = self.cfg.envs_per_worker, self._chunk_len.get(stage, 0)
+        if any(self._pending[w] is None for w in workers):
+            raise RuntimeError(f"no chunk in flight for stage {stage}")
+        replies = self._gather(workers, "step")
         parts, crashed = [], []
         for w in workers:
-            if self._pending[w] is None:
-                raise RuntimeError(f"no chunk in flight for stage {stage}")
-            try:
-                parts.append(self._expect(w, "step")[1])
-                crashed.append(False)
-            except WorkerCrashed:
+            self._pending[w] = None
+            if replies[w] is None:
                 self._restart(w)
                 parts.append(_crashed_reply(m, t_len, self.cfg.auto_reset))
                 crashed.append(True)
-            self._pending[w] = None
+            else:
+                parts.append(replies[w][1])
+                crashed.append(False)
         rows = self._rows(workers)
         cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "instructions"}
         crashed_rows = np.repeat(np.array(crashed), m)
