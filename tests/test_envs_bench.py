@@ -14,4 +14,5 @@ def test_bench_prints_a_row_per_configuration(capsys):
     assert all(r[3] > 0 for r in rows)
     assert rows[0][4] == 1.0 and rows[2][4] == 1.0  # efficiency of P=1 against itself
     out = capsys.readouterr().out
-    assert "steps/s" in out and "efficiency" in out and out.count("toy") == 4
+    assert all(0 <= r[5] <= 1.05 and 0 <= r[6] <= 1.05 for r in rows)  # time shares of a worker
+    assert "steps/s" in out and "efficiency" in out and "run queue" in out and out.count("toy") == 4

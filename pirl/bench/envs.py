@@ -7,9 +7,10 @@ Each configuration starts a pool of P workers x M envs (auto-reset, one task, ze
 runs one warm-up chunk, then steps chunks of ``--chunk`` actions for ``--seconds`` and counts the
 executed env steps. Scaling efficiency = steps/s with P processes / (P x steps/s with one), the
 figure of merit for "a process per core": 1.0 is perfect, and it falls when processes contend for
-cores, memory bandwidth or the pipe. "worker CPU" is the share of one core each worker actually
-got: well under 100% means the workers were starved (other load on the machine, or the main
-process too slow to feed them), and the efficiency then says nothing about the pool.
+cores, memory bandwidth or the pipe. "worker CPU" is the share of the time an average worker was
+running on a core and "run queue" the share it was ready but waiting for one: a large run-queue
+share means the machine had no free core (other load), and the efficiency then measures the
+machine, not the pool.
 Episodes are kept long (max_steps raised) so resets do not dominate, except MetaWorld without
 rendering, whose 100-step episodes reset in milliseconds.
 """
@@ -61,20 +62,21 @@ def make_factory(sim: str, render: bool, size: int):
     raise ValueError(f"unknown simulator {sim!r}")
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _sched_seconds(pid: int) -> np.ndarray:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of a process so far, from
+    /proc/<pid>/schedstat (Linux)."""
+    with open(f"/proc/{pid}/schedstat") as f:
+        run_ns, wait_ns, _ = f.read().split()
+    return np.array([int(run_ns), int(wait_ns)]) / 1e9
 
 
 def measure(
     sim: str, render: bool, procs: int, envs: int, size: int, chunk: int, seconds: float
-) -> tuple[float, float]:
-    """(env steps per second, mean CPU share each worker got) of one pool configuration.
-
-    The CPU share tells a starved worker (other load on the machine) from a pool that does not
-    scale: a worker that is busy the whole time uses ~100% of one core."""
+) -> tuple[float, float, float]:
+    """(env steps per second, CPU share, run-queue share) of one pool configuration: the shares
+    are the fraction of the wall time an average worker spent running on a core, and waiting
+    for one while ready to run. A large run-queue share means the machine had no free core (other
+    load); a worker neither running nor waiting was idle, waiting for the main process."""
     factory, adim, gl = make_factory(sim, render, size)
     cfg = pool.PoolConfig(procs, envs, auto_reset=True, gl=gl if envs == 1 else "osmesa")
     rng = np.random.default_rng(0)
@@ -84,14 +86,14 @@ def measure(
         act = lambda: rng.uniform(-0.1, 0.1, (p.num_envs, chunk, adim)).astype(np.float32)
         p.step_chunk(act())
         pids = p.worker_pids()
-        cpu0 = sum(_cpu_seconds(x) for x in pids)
+        sched0 = sum(_sched_seconds(x) for x in pids)
         steps, start = 0, time.perf_counter()
         while True:
             steps += int(p.step_chunk(act()).valid.sum())
             elapsed = time.perf_counter() - start
             if elapsed >= seconds:
-                cpu = sum(_cpu_seconds(x) for x in pids) - cpu0
-                return steps / elapsed, cpu / (elapsed * procs)
+                run, wait = (sum(_sched_seconds(x) for x in pids) - sched0) / (elapsed * procs)
+                return steps / elapsed, float(run), float(wait)
 
 
 def main(argv=None):
@@ -111,21 +113,25 @@ def main(argv=None):
         flush=True,
     )
     print(
-        f"{'simulator':<10} {'render':<7} {'P':>3} {'steps/s':>9} {'efficiency':>10} {'worker CPU':>10}",
+        f"{'simulator':<10} {'render':<7} {'P':>3} {'steps/s':>9} {'efficiency':>10} {'worker CPU':>10} "
+        f"{'run queue':>9}",
         flush=True,
     )
     for sim in args.sims:
         for render in (False, True):
             base_rate = None
             for procs in range(1, args.max_procs + 1):
-                rate, cpu = measure(
+                rate, cpu, wait = measure(
                     sim, render, procs, args.envs_per_proc, args.size, args.chunk, args.seconds
                 )
                 base_rate = base_rate or rate
                 eff = rate / (procs * base_rate)
-                rows.append((sim, render, procs, rate, eff, cpu))
+                rows.append((sim, render, procs, rate, eff, cpu, wait))
                 mode = "on" if render else "off"
-                print(f"{sim:<10} {mode:<7} {procs:>3} {rate:>9.1f} {eff:>10.2f} {cpu:>10.0%}", flush=True)
+                print(
+                    f"{sim:<10} {mode:<7} {procs:>3} {rate:>9.1f} {eff:>10.2f} {cpu:>10.0%} {wait:>9.0%}",
+                    flush=True,
+                )
     return rows
 
 
