@@ -7,10 +7,10 @@ Each configuration starts a pool of P workers x M envs (auto-reset, one task, ze
 runs one warm-up chunk, then steps chunks of ``--chunk`` actions for ``--seconds`` and counts the
 executed env steps. Scaling efficiency = steps/s with P processes / (P x steps/s with one), the
 figure of merit for "a process per core": 1.0 is perfect, and it falls when processes contend for
-cores, memory bandwidth or the pipe. "worker CPU" is the share of the time an average worker was
-running on a core and "run queue" the share it was ready but waiting for one: a large run-queue
-share means the machine had no free core (other load), and the efficiency then measures the
-machine, not the pool.
+cores, memory bandwidth or the pipe. "worker CPU" is the CPU time of an average worker (all its
+threads) per second of wall time, and "run queue" the time its threads were ready but waiting for
+a core: a large run-queue share means the machine had no free core (other load), and the
+efficiency then measures the machine, not the pool.
 Episodes are kept long (max_steps raised) so resets do not dominate, except MetaWorld without
 rendering, whose 100-step episodes reset in milliseconds.
 """
@@ -63,11 +63,17 @@ def make_factory(sim: str, render: bool, size: int):
 
 
 def _sched_seconds(pid: int) -> np.ndarray:
-    """(seconds on a CPU, seconds runnable but waiting for a CPU) of a process so far, from
-    /proc/<pid>/schedstat (Linux)."""
-    with open(f"/proc/{pid}/schedstat") as f:
-        run_ns, wait_ns, _ = f.read().split()
-    return np.array([int(run_ns), int(wait_ns)]) / 1e9
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of a process so far, summed over
+    its threads (renderers run their own), from /proc/<pid>/task/*/schedstat (Linux)."""
+    total = np.zeros(2)
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                run_ns, wait_ns, _ = f.read().split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        total += np.array([int(run_ns), int(wait_ns)]) / 1e9
+    return total
 
 
 def measure(
