@@ -13,7 +13,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from pirl.envs import libero  # noqa: E402  (after the path tweak; imports nothing from LIBERO)
+from pirl.envs import libero  # after the path tweak; imports nothing from LIBERO
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
