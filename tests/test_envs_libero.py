@@ -51,9 +51,7 @@ def test_config_lets_libero_import_without_a_prompt(tmp_path):
     assert set(cfg) == {"benchmark_root", "bddl_files", "init_states", "datasets", "assets"}
     assert os.path.isdir(cfg["bddl_files"]) and os.path.isdir(cfg["init_states"])
     # A fresh interpreter with no stdin imports LIBERO's benchmark through this config.
-    code = (
-        "from libero.libero import benchmark; print(benchmark.get_benchmark_dict()['libero_goal']().n_tasks)"
-    )
+    code = "from libero.libero import benchmark; print(benchmark.get_benchmark_dict()['libero_goal']().n_tasks)"
     out = subprocess.run(
         [sys.executable, "-c", code],
         env={**os.environ, "LIBERO_CONFIG_PATH": str(tmp_path)},
@@ -69,9 +67,7 @@ def test_config_lets_libero_import_without_a_prompt(tmp_path):
 
 @pytest.mark.slow
 def test_libero_envs_through_pool():
-    cfg = lb.LiberoConfig(
-        suite="libero_spatial", image_size=(64, 64), assets_dir=LIBERO_ASSETS, warmup_steps=5
-    )
+    cfg = lb.LiberoConfig(suite="libero_spatial", image_size=(64, 64), assets_dir=LIBERO_ASSETS, warmup_steps=5)
     with pool.EnvPool(NoJax(cfg), pool.PoolConfig(2, 1, gl="egl")) as p:
         assert p.spec.state_dim == 8 and p.spec.action_dim == 7 and p.spec.max_steps == 240
         # Env 1 first runs another init id, then both reset to one GRPO group id: the scene must not

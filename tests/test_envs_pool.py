@@ -16,9 +16,7 @@ from pirl.envs import base, pool, toy
 
 
 def make(cfg=None, **kw):
-    return pool.EnvPool(
-        cfg or toy.ToyConfig(), pool.PoolConfig(**{"num_workers": 2, "envs_per_worker": 2, **kw})
-    )
+    return pool.EnvPool(cfg or toy.ToyConfig(), pool.PoolConfig(**{"num_workers": 2, "envs_per_worker": 2, **kw}))
 
 
 def drive_actions(x0, k, t_len):

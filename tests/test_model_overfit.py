@@ -10,24 +10,9 @@ import pytest
 from pirl.models import pi0
 
 
-def _dummy(pi05: bool) -> pi0.Pi0Config:
-    # openpi's dummy Gemma sizes (width 64, depth 4, 8 heads); a small vision tower keeps it fast.
-    return pi0.Pi0Config(
-        pi05=pi05,
-        paligemma_variant="dummy",
-        action_expert_variant="dummy",
-        vision_variant="mu/14",
-        image_size=28,
-        vocab_size=1024,
-        max_token_len=16,
-        action_horizon=8,
-        dtype="float32",
-    )
-
-
 @pytest.mark.parametrize("pi05", [False, True])
 def test_dummy_overfits_a_fixed_batch(pi05):
-    config = _dummy(pi05)
+    config = pi0.Pi0Config.dummy(pi05)
     params = pi0.init_params(config, jax.random.key(0))
     obs = pi0.fake_observation(config, 4, jax.random.key(1))
     # One target chunk per observation: the flow's velocity ε − a is then a function of (x_t, t, obs),

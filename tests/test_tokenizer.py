@@ -1,11 +1,11 @@
 """Tokenizer tests on a tiny SentencePiece model trained here (no download)."""
 
-import io
 import logging
 
 import numpy as np
 import pytest
 import sentencepiece
+import tiny_sentencepiece
 
 from pirl.models import tokenizer as tok
 
@@ -20,25 +20,7 @@ _SENTENCES = [
 
 @pytest.fixture(scope="module")
 def sp_proto() -> bytes:
-    model = io.BytesIO()
-    # PaliGemma's special ids (pad 0, eos 1, bos 2, unk 3), "\n" as its own piece, no dummy prefix:
-    # the same conventions as the real tokenizer, so the prompt layout is exercised faithfully.
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(_SENTENCES * 20),
-        model_writer=model,
-        vocab_size=80,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        user_defined_symbols=["\n"],
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=False,
-        minloglevel=2,
-    )
-    return model.getvalue()
+    return tiny_sentencepiece.train(_SENTENCES, vocab_size=80)
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,8 @@
-import io
 import math
 
 import numpy as np
 import pytest
-import sentencepiece
+import tiny_sentencepiece
 
 from pirl.data import images as img
 from pirl.data import norm_stats as ns
@@ -103,24 +102,8 @@ def test_bool_mask():
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    model = io.BytesIO()
     sentences = ["pick up the black bowl", "Task: open it, State: 0 1 2 3 4 5 6 7 8 9 128 255;\nAction: "]
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences * 20),
-        model_writer=model,
-        vocab_size=60,
-        hard_vocab_limit=False,
-        pad_id=0,
-        eos_id=1,
-        bos_id=2,
-        unk_id=3,
-        user_defined_symbols=["\n"],
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        add_dummy_prefix=False,
-        minloglevel=2,
-    )
-    return tok.PaligemmaTokenizer(model_proto=model.getvalue())
+    return tok.PaligemmaTokenizer(model_proto=tiny_sentencepiece.train(sentences, vocab_size=60))
 
 
 def _stats(dim, scale):

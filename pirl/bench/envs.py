@@ -127,9 +127,7 @@ def main(argv=None):
         for render in (False, True):
             base_rate = None
             for procs in range(1, args.max_procs + 1):
-                rate, cpu, wait = measure(
-                    sim, render, procs, args.envs_per_proc, args.size, args.chunk, args.seconds
-                )
+                rate, cpu, wait = measure(sim, render, procs, args.envs_per_proc, args.size, args.chunk, args.seconds)
                 base_rate = base_rate or rate
                 eff = rate / (procs * base_rate)
                 rows.append((sim, render, procs, rate, eff, cpu, wait))

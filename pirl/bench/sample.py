@@ -34,15 +34,8 @@ def model_config(name: str, dtype: str, cameras: int) -> pi0.Pi0Config:
     if base == "pi0" or name == "pi05":
         return pi0.Pi0Config(pi05=name == "pi05", dtype=dtype, image_keys=keys, remat=False)
     if base == "dummy":
-        return pi0.Pi0Config(
-            pi05=pi05,
-            paligemma_variant="dummy",
-            action_expert_variant="dummy",
-            vision_variant="mu/14",
-            image_size=56,
-            dtype=dtype,
-            image_keys=keys,
-            remat=False,
+        return pi0.Pi0Config.dummy(
+            pi05, image_size=56, action_horizon=50, max_token_len=48, dtype=dtype, image_keys=keys
         )
     return pi0.Pi0Config.tiny(pi05=pi05, dtype=dtype, image_keys=keys)
 

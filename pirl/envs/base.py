@@ -188,9 +188,7 @@ def check_init_ids(spec: EnvSpec, init_ids: np.ndarray, n: int) -> Int64[np.ndar
     return ids
 
 
-def group_init_ids(
-    spec: EnvSpec, num_envs: int, group_size: int, rng: np.random.Generator
-) -> Int64[np.ndarray, "N 2"]:
+def group_init_ids(spec: EnvSpec, num_envs: int, group_size: int, rng: np.random.Generator) -> Int64[np.ndarray, "N 2"]:
     """Draws one (task, trial) per group of ``group_size`` consecutive envs (GRPO), uniformly over
     all tasks x trials; group_size=1 gives independent draws."""
     if num_envs % group_size:

@@ -167,9 +167,7 @@ class LiberoConfig:
             return tasks
         bad = [k for k in self.task_subset if not 0 <= k < len(tasks)]
         if bad or not self.task_subset:
-            raise ValueError(
-                f"task_subset {self.task_subset} must be non-empty indices into {len(tasks)} tasks"
-            )
+            raise ValueError(f"task_subset {self.task_subset} must be non-empty indices into {len(tasks)} tasks")
         return [tasks[k] for k in self.task_subset]
 
     def task_max_steps(self, task: int) -> int:
@@ -190,9 +188,7 @@ class LiberoConfig:
 
     def __call__(self, worker_index: int, num_envs: int) -> base.SerialGroup:
         if self.render and num_envs > 1 and os.environ.get("MUJOCO_GL") == "egl":
-            raise ValueError(
-                "MUJOCO_GL=egl allows one render context per process: use 1 env per worker or osmesa"
-            )
+            raise ValueError("MUJOCO_GL=egl allows one render context per process: use 1 env per worker or osmesa")
         return base.SerialGroup([LiberoSim(self) for _ in range(num_envs)])
 
 

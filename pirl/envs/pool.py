@@ -266,8 +266,7 @@ class EnvPool:
         actions = np.asarray(actions, np.float32)
         if actions.ndim != 3 or actions.shape[0] != n or actions.shape[2] != self.spec.action_dim:
             raise ValueError(
-                f"actions for stage {stage} must have shape ({n}, T, {self.spec.action_dim}), "
-                f"got {actions.shape}"
+                f"actions for stage {stage} must have shape ({n}, T, {self.spec.action_dim}), got {actions.shape}"
             )
         for k, w in enumerate(workers):
             if self._pending[w] is not None:

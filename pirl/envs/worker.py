@@ -61,10 +61,7 @@ class Worker:
     def next_init_ids(self, env_ids: list[int]) -> np.ndarray:
         spec = self.spec
         return np.array(
-            [
-                [self.rngs[i].integers(spec.num_tasks), self.rngs[i].integers(spec.num_trials)]
-                for i in env_ids
-            ],
+            [[self.rngs[i].integers(spec.num_tasks), self.rngs[i].integers(spec.num_trials)] for i in env_ids],
             np.int64,
         ).reshape(-1, 2)
 

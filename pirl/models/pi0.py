@@ -99,6 +99,15 @@ class Pi0Config:
         )
         return cls(**{**kw, **overrides})
 
+    @classmethod
+    def dummy(cls, pi05: bool = False, **overrides) -> Pi0Config:
+        """openpi's `dummy` Gemma sizes (width 64, depth 4) for both experts, otherwise as `tiny`.
+
+        openpi's own dummy keeps the full 400M-parameter SigLIP; this one uses big_vision's "mu".
+        """
+        kw = dict(paligemma_variant="dummy", action_expert_variant="dummy", vision_variant="mu/14")
+        return cls.tiny(pi05, **{**kw, **overrides})
+
 
 @flax.struct.dataclass
 class Observation:
