@@ -1,25 +1,39 @@
-"""Model parameters from openpi checkpoints.
+"""Model parameters from openpi checkpoints (and PyTorch ones, through pirl.torch_convert).
 
 An openpi checkpoint directory holds `params/` (an orbax PyTree checkpoint of `{"params": tree}`,
 where older writers end every leaf path with a `value` key) and `assets/<asset_id>/norm_stats.json`.
 pirl's parameter tree IS openpi's, so loading is a restore plus a shape check.
+
+Paths may be local, `hf://org/name[@revision]` (Hugging Face hub, cached by huggingface_hub) or
+any fsspec URL such as `gs://openpi-assets/checkpoints/pi05_libero` (copied once into
+$PIRL_CACHE/checkpoints; gs:// needs the optional `gcsfs` package).
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
+from pirl import torch_convert
+from pirl.data import norm_stats as _norm_stats
 from pirl.models import gemma, pi0, siglip
+from pirl.models.tokenizer import default_cache_dir
+
+logger = logging.getLogger(__name__)
+CheckpointError = torch_convert.CheckpointError
 
 
 def _params_dir(path: str | pathlib.Path) -> pathlib.Path:
-    path = pathlib.Path(path).expanduser().resolve()
+    path = resolve_path(path).resolve()
     if (path / "params").is_dir():
         path = path / "params"
     if not path.is_dir():
@@ -101,19 +115,6 @@ def infer_config(params: dict, **overrides) -> pi0.Pi0Config:
     return pi0.Pi0Config(**{**kw, **overrides})
 
 
-def check_params(config: pi0.Pi0Config, params: dict) -> None:
-    """Raises a ValueError naming the first path whose presence or shape differs from `config`'s tree."""
-    expected = traverse_util.flatten_dict(pi0.param_shapes(config), sep="/")
-    found = traverse_util.flatten_dict(params, sep="/")
-    for key in sorted(expected.keys() | found.keys()):
-        if key not in found:
-            raise ValueError(f"parameter {key}: missing (expected shape {expected[key].shape})")
-        if key not in expected:
-            raise ValueError(f"parameter {key}: unexpected for this config (shape {np.shape(found[key])})")
-        if tuple(expected[key].shape) != tuple(np.shape(found[key])):
-            raise ValueError(f"parameter {key}: expected shape {expected[key].shape}, found {np.shape(found[key])}")
-
-
 def load_openpi(path: str | pathlib.Path, **overrides) -> tuple[pi0.Pi0Config, dict]:
     """Loads an openpi checkpoint directory: returns (model config inferred from its shapes, params).
 
@@ -124,5 +125,144 @@ def load_openpi(path: str | pathlib.Path, **overrides) -> tuple[pi0.Pi0Config, d
     """
     params = restore_params(path)
     config = infer_config(params, **overrides)
-    check_params(config, params)
+    # Stored dtypes vary (float32, bfloat16): only paths and shapes must match the architecture.
+    validate_params(params, pi0.param_shapes(config), check_dtype=False)
     return config, params
+
+
+# ---------------------------------------------------------------- remote paths
+
+
+def _hf_snapshot(url: str) -> pathlib.Path:
+    import huggingface_hub
+    from huggingface_hub import errors as hf_errors
+
+    repo, _, revision = url.removeprefix("hf://").partition("@")
+    try:
+        return pathlib.Path(huggingface_hub.snapshot_download(repo, revision=revision or None))
+    except (hf_errors.HfHubHTTPError, hf_errors.HFValidationError, OSError) as e:
+        rev = f" --revision {revision}" if revision else ""
+        raise CheckpointError(
+            f"cannot get {url} ({type(e).__name__}; offline?): on a machine with internet run "
+            f"`hf download {repo}{rev} --local-dir DIR`, copy DIR here and pass its path instead"
+        ) from None
+
+
+def _fsspec_copy(url: str) -> pathlib.Path:
+    """Copies a remote directory once into the cache (a marker file says the copy finished)."""
+    import fsspec
+
+    scheme, _, rest = url.partition("://")
+    dest = default_cache_dir() / "checkpoints" / scheme / rest.strip("/")
+    if (dest / ".complete").is_file():
+        return dest
+    try:
+        # openpi's bucket is public: anonymous access needs no credentials.
+        fs, root = fsspec.core.url_to_fs(url, **({"token": "anon"} if scheme in ("gs", "gcs") else {}))
+        files = fs.find(root)
+        if not files:
+            raise FileNotFoundError(f"nothing under {url}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # Copy next to the destination, then rename: an interrupted copy never looks complete.
+        tmp = pathlib.Path(tempfile.mkdtemp(dir=dest.parent))
+        for remote in files:
+            local = tmp / remote[len(root.rstrip("/")) + 1 :]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(remote, str(local))
+    except ImportError as e:
+        raise CheckpointError(
+            f"reading {url} needs an fsspec backend ({e}); install it (gs://: `pip install gcsfs`) or copy "
+            f"the directory locally and pass its path"
+        ) from None
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot copy {url} ({type(e).__name__}: {e}); offline? copy it locally and pass its path"
+        ) from None
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    (dest / ".complete").touch()
+    return dest
+
+
+def resolve_path(path: str | os.PathLike) -> pathlib.Path:
+    """A local directory for `path`: local paths as they are, `hf://org/name[@rev]` through the
+    Hugging Face cache, other URLs (gs://, s3://, ...) copied into $PIRL_CACHE/checkpoints."""
+    text = os.fspath(path)
+    if text.startswith("hf://"):
+        return _hf_snapshot(text)
+    if "://" in text and not text.startswith("file://"):
+        return _fsspec_copy(text)
+    return pathlib.Path(text.removeprefix("file://")).expanduser()
+
+
+# ---------------------------------------------------------------- validation, assets, writing
+
+
+def validate_params(params: dict, expected: dict, *, check_dtype: bool = True) -> None:
+    """Raises CheckpointError naming the first path (sorted) that is missing, unexpected, or
+    differs in shape (or dtype) from `expected` (a params or `param_shapes` tree)."""
+    want = traverse_util.flatten_dict(expected, sep="/")
+    got = traverse_util.flatten_dict(params, sep="/")
+    for key in sorted(want.keys() | got.keys()):
+        if key not in got:
+            raise CheckpointError(f"parameter {key}: missing (expected shape {tuple(want[key].shape)})")
+        if key not in want:
+            raise CheckpointError(f"parameter {key}: unexpected (found shape {np.shape(got[key])})")
+        w_shape, g_shape = tuple(want[key].shape), tuple(np.shape(got[key]))
+        if w_shape != g_shape:
+            raise CheckpointError(f"parameter {key}: expected shape {w_shape}, found {g_shape}")
+        if check_dtype and np.dtype(want[key].dtype) != np.dtype(got[key].dtype):
+            raise CheckpointError(f"parameter {key}: expected dtype {want[key].dtype}, found {got[key].dtype}")
+
+
+def load_norm_stats(path: str | os.PathLike, asset_id: str | None = None) -> dict[str, _norm_stats.NormStats]:
+    """Reads `<checkpoint>/assets/<asset_id>/norm_stats.json`; without `asset_id` the checkpoint
+    must hold exactly one asset directory with norm stats (e.g. physical-intelligence/libero)."""
+    assets = resolve_path(path) / "assets"
+    if asset_id is None:
+        found = sorted(str(f.parent.relative_to(assets)) for f in assets.rglob(_norm_stats.FILENAME))
+        if len(found) != 1:
+            raise CheckpointError(f"{assets}: pass asset_id, norm stats exist for {found or 'no asset'}")
+        asset_id = found[0]
+    return _norm_stats.load(assets / asset_id)
+
+
+def save_openpi(
+    path: str | os.PathLike,
+    params: dict,
+    *,
+    norm_stats: dict[str, _norm_stats.NormStats] | None = None,
+    asset_id: str | None = None,
+) -> pathlib.Path:
+    """Writes params in openpi's checkpoint layout (`<path>/params`, orbax, `{"params": tree}`)
+    and, when given, `<path>/assets/<asset_id>/norm_stats.json`; openpi and load_openpi read it."""
+    path = pathlib.Path(path).expanduser().resolve()
+    if norm_stats is not None and not asset_id:
+        raise ValueError("norm_stats need an asset_id (e.g. 'physical-intelligence/libero')")
+    with ocp.PyTreeCheckpointer() as ckptr:
+        ckptr.save(path / "params", args=ocp.args.PyTreeSave({"params": params}))
+    if norm_stats is not None:
+        _norm_stats.save(path / "assets" / asset_id, norm_stats)
+    return path
+
+
+def load_pytorch(
+    path: str | os.PathLike, config: pi0.Pi0Config, *, seed: int = 0
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """PyTorch safetensors (local, hf://, gs://; single or sharded) → (params for `config`, extras).
+
+    Extras are checkpoint tensors the model has no place for (e.g. an RL value head). PyTorch
+    checkpoints hold no LoRA weights: for a LoRA config those start fresh, normal(0.01) as
+    openpi initializes them (from `seed`).
+    """
+    template = pi0.param_shapes(config)
+    converted, extras = torch_convert.load_torch(resolve_path(path), template)
+    flat = traverse_util.flatten_dict(converted)
+    rng = np.random.default_rng(seed)
+    for key, spec in traverse_util.flatten_dict(template).items():
+        if key not in flat and any("lora" in part for part in key):
+            flat[key] = (0.01 * rng.standard_normal(spec.shape)).astype(spec.dtype)
+    params = traverse_util.unflatten_dict(flat)
+    validate_params(params, template)
+    return params, extras

@@ -99,6 +99,15 @@ class Pi0Config:
         )
         return cls(**{**kw, **overrides})
 
+    @classmethod
+    def dummy(cls, pi05: bool = False, **overrides) -> Pi0Config:
+        """openpi's `dummy` Gemma sizes (width 64, depth 4) for both experts, otherwise as `tiny`.
+
+        openpi's own dummy keeps the full 400M-parameter SigLIP; this one uses big_vision's "mu".
+        """
+        kw = dict(paligemma_variant="dummy", action_expert_variant="dummy", vision_variant="mu/14")
+        return cls.tiny(pi05, **{**kw, **overrides})
+
 
 @flax.struct.dataclass
 class Observation:
@@ -220,7 +229,9 @@ def posemb_sincos(t: Float[Array, " B"], dim: int, min_period: float = 4e-3, max
     """Sine-cosine embedding of scalars in [0, 1]: [sin(2πt/p) ‖ cos(2πt/p)], periods geometric in [min, max]."""
     fraction = jnp.linspace(0.0, 1.0, dim // 2)
     period = min_period * (max_period / min_period) ** fraction
-    x = jnp.einsum("i,j->ij", t, 2 * jnp.pi / period, precision=jax.lax.Precision.HIGHEST)
+    # (1 / period) · 2π, in this order: at t = 1 the fastest frequency gives arguments near 1600,
+    # where a one-ulp difference in the frequency moves sin/cos by ~1e-4.
+    x = jnp.einsum("i,j->ij", t, 1.0 / period * 2 * jnp.pi, precision=jax.lax.Precision.HIGHEST)
     return jnp.concatenate([jnp.sin(x), jnp.cos(x)], axis=-1)
 
 

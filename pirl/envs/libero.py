@@ -1,0 +1,263 @@
+"""LIBERO (robosuite 1.4 + hf-libero) adapter: spatial, object, goal, 10, 90 and the 130-task union.
+
+Init id (task, trial): task indexes the suite's tasks in LIBERO's default order (for "libero_130":
+spatial, object, goal, 10, then 90); trial indexes the task's shipped init states (50 each).
+
+Observation, as openpi serves LIBERO:
+  images "main" (agentview) and "wrist" (robot0_eye_in_hand), both rotated 180 degrees, since
+  robosuite renders them upside down and mirrored;
+  state (8,) float32 = [eef_pos xyz (3), eef orientation as an axis-angle vector (3),
+  gripper finger qpos (2)], the axis-angle computed from robosuite's (x, y, z, w) quaternion by
+  ``quat_to_axis_angle``.
+Action: 7-d in [-1, 1] (OSC pose delta + gripper, -1 open / +1 closed).
+Reward: +1 on the first step the BDDL goal holds; the episode terminates there.
+
+Setup the package itself lacks for unattended use:
+- ``import libero.libero`` asks questions on stdin when it finds no config file; ``write_config``
+  writes one and ``LIBERO_CONFIG_PATH`` points at it before the first import.
+- Scene/object assets are not in the wheel; ``assets_dir`` (or $PIRL_LIBERO_ASSETS) names a
+  folder with them (third_party/README.md says how to get them). Without it LIBERO tries to
+  download them at env creation.
+- Rendering: MuJoCo via MUJOCO_GL=egl or osmesa. EGL allows only one render context per process,
+  so with EGL each worker may hold one env; osmesa has no such limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+from jaxtyping import Float
+
+from pirl.envs import base
+
+SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+NUM_TASKS = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
+# Episode limits (after warm-up) per suite, long enough for the demonstrations of each suite.
+MAX_STEPS = {
+    "libero_spatial": 240,
+    "libero_object": 280,
+    "libero_goal": 320,
+    "libero_10": 480,
+    "libero_90": 400,
+}
+UNION = "libero_130"
+# openpi's no-op: no motion, gripper open.
+NOOP = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)
+ASSETS_ENV = "PIRL_LIBERO_ASSETS"
+
+
+def quat_to_axis_angle(quat: Float[np.ndarray, " 4"]) -> Float[np.ndarray, " 3"]:
+    """(x, y, z, w) unit quaternion -> axis * angle, angle = 2 acos(w) in [0, 2 pi]."""
+    q = np.asarray(quat, np.float64)
+    w = np.clip(q[3], -1.0, 1.0)
+    s = np.sqrt(1.0 - w * w)  # = |sin(angle / 2)|
+    if s < 1e-8:  # no rotation: the axis is undefined, the vector is zero
+        return np.zeros(3)
+    return q[:3] * (2.0 * np.arccos(w) / s)
+
+
+def suite_tasks(suite: str) -> list[tuple[str, int]]:
+    """(suite, index within suite) for each task id of ``suite`` (the union lists all five)."""
+    if suite == UNION:
+        return [(s, i) for s in SUITES if s != "libero_90" for i in range(NUM_TASKS[s])] + [
+            ("libero_90", i) for i in range(90)
+        ]
+    if suite not in NUM_TASKS:
+        raise ValueError(f"unknown LIBERO suite {suite!r}; choose from {(*SUITES, UNION)}")
+    return [(suite, i) for i in range(NUM_TASKS[suite])]
+
+
+def default_config_dir() -> str:
+    return os.path.join(os.path.expanduser("~"), ".cache", "pirl", "libero")
+
+
+def write_config(config_dir: str, assets_dir: str | None = None) -> str:
+    """Writes ``config_dir/config.yaml`` pointing at the installed package's BDDL files and init
+    states (and ``assets_dir`` if given); returns the file path. Imports nothing from LIBERO."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.find_spec("libero")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("LIBERO is not installed; run third_party/install_sims.sh")
+    root = os.path.join(next(iter(spec.submodule_search_locations)), "libero")
+    paths = {
+        "benchmark_root": root,
+        "bddl_files": os.path.join(root, "bddl_files"),
+        "init_states": os.path.join(root, "init_files"),
+        "datasets": os.path.join(os.path.dirname(root), "datasets"),
+        "assets": os.path.abspath(assets_dir) if assets_dir else os.path.join(root, "assets"),
+    }
+    os.makedirs(config_dir, exist_ok=True)
+    path = os.path.join(config_dir, "config.yaml")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        yaml.safe_dump(paths, f)
+    os.replace(tmp, path)  # atomic: workers starting together never read half a file
+    return path
+
+
+def import_libero(assets_dir: str | None):
+    """Imports LIBERO without any prompt, pointed at ``assets_dir``.
+
+    Returns (benchmark module, rendering env class, non-rendering env class)."""
+    config_dir = os.environ.get("LIBERO_CONFIG_PATH") or default_config_dir()
+    if not os.path.exists(os.path.join(config_dir, "config.yaml")):
+        write_config(config_dir, assets_dir)
+    os.environ["LIBERO_CONFIG_PATH"] = config_dir
+    import libero.libero as libero_root
+    from libero.libero import benchmark
+    from libero.libero.envs import OffScreenRenderEnv
+    from libero.libero.envs.env_wrapper import ControlEnv
+
+    if assets_dir is not None:
+        # hf-libero resolves assets through get_assets_path(), which returns this cache when the
+        # folder exists and otherwise downloads (not the config's "assets" key).
+        libero_root._assets_path_cache = os.path.abspath(assets_dir)
+    return benchmark, OffScreenRenderEnv, ControlEnv
+
+
+@dataclasses.dataclass(frozen=True)
+class LiberoConfig:
+    """LIBERO tasks as a pool factory.
+
+    Attributes:
+      suite: one of SUITES or "libero_130".
+      task_subset: if set, only these task indices of the suite (task id k means task_subset[k]).
+      image_size: (H, W) of both cameras.
+      render: False gives observations with no images (robosuite skips rendering).
+      assets_dir: folder with LIBERO's scene/object assets; None reads $PIRL_LIBERO_ASSETS.
+      max_steps: None takes MAX_STEPS of the suite (the union: each task its own suite's limit).
+      warmup_steps: no-op steps after reset (objects settle), not counted.
+      num_trials: init states used per task (<= 50).
+      seed: robosuite's seed (placement is then overridden by the init state).
+    """
+
+    suite: str = "libero_spatial"
+    task_subset: tuple[int, ...] | None = None
+    image_size: tuple[int, int] = (224, 224)
+    render: bool = True
+    assets_dir: str | None = None
+    max_steps: int | None = None
+    warmup_steps: int = 15
+    num_trials: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        self.tasks()
+        if not 1 <= self.num_trials <= 50:
+            raise ValueError(f"num_trials must be in [1, 50] (init states per task), got {self.num_trials}")
+
+    def resolved_assets_dir(self) -> str | None:
+        d = self.assets_dir or os.environ.get(ASSETS_ENV)
+        if d is not None and not os.path.isdir(os.path.join(d, "scenes")):
+            raise FileNotFoundError(
+                f"LIBERO assets dir {os.path.abspath(d)!r} has no 'scenes' folder; "
+                "see third_party/README.md for how to get the assets"
+            )
+        return d
+
+    def tasks(self) -> list[tuple[str, int]]:
+        """(suite, index within suite) of every task id."""
+        tasks = suite_tasks(self.suite)
+        if self.task_subset is None:
+            return tasks
+        bad = [k for k in self.task_subset if not 0 <= k < len(tasks)]
+        if bad or not self.task_subset:
+            raise ValueError(f"task_subset {self.task_subset} must be non-empty indices into {len(tasks)} tasks")
+        return [tasks[k] for k in self.task_subset]
+
+    def task_max_steps(self, task: int) -> int:
+        return self.max_steps or MAX_STEPS[self.tasks()[task][0]]
+
+    def spec(self) -> base.EnvSpec:
+        tasks = self.tasks()
+        h, w = self.image_size
+        cams = (base.CameraSpec("main", h, w), base.CameraSpec("wrist", h, w)) if self.render else ()
+        return base.EnvSpec(
+            cameras=cams,
+            state_dim=8,
+            action_dim=7,
+            max_steps=max(self.task_max_steps(t) for t in range(len(tasks))),
+            num_tasks=len(tasks),
+            num_trials=self.num_trials,
+        )
+
+    def __call__(self, worker_index: int, num_envs: int) -> base.SerialGroup:
+        if self.render and num_envs > 1 and os.environ.get("MUJOCO_GL") == "egl":
+            raise ValueError("MUJOCO_GL=egl allows one render context per process: use 1 env per worker or osmesa")
+        return base.SerialGroup([LiberoSim(self) for _ in range(num_envs)])
+
+
+class LiberoSim:
+    """One LIBERO env; the robosuite env is rebuilt when a reset switches task."""
+
+    def __init__(self, cfg: LiberoConfig):
+        self.cfg, self.spec = cfg, cfg.spec()
+        self.benchmark, render_cls, plain_cls = import_libero(cfg.resolved_assets_dir())
+        # OffScreenRenderEnv always builds a renderer; without images the base class skips it.
+        self.env_cls = render_cls if cfg.render else plain_cls
+        self.tasks = cfg.tasks()
+        self._suites: dict[str, object] = {}
+        self.env, self.task = None, -1
+        self.prev_success, self.t, self.limit = False, 0, 0
+
+    def _suite(self, name: str):
+        if name not in self._suites:
+            self._suites[name] = self.benchmark.get_benchmark_dict()[name]()
+        return self._suites[name]
+
+    def _make(self, task: int):
+        suite_name, idx = self.tasks[task]
+        suite = self._suite(suite_name)
+        if self.task != task:
+            if self.env is not None:
+                self.env.close()  # first, so at most one render context exists (EGL)
+                self.env = None
+            h, w = self.cfg.image_size
+            kw = dict(camera_heights=h, camera_widths=w)
+            if not self.cfg.render:
+                kw.update(has_renderer=False, has_offscreen_renderer=False, use_camera_obs=False)
+            self.env = self.env_cls(bddl_file_name=suite.get_task_bddl_file_path(idx), **kw)
+            self.task = task
+            self.init_states = suite.get_task_init_states(idx)
+            self.instruction = suite.get_task(idx).language
+        return self.env
+
+    def _obs(self, raw: dict) -> base.Obs:
+        images = {}
+        if self.cfg.render:
+            images["main"] = np.ascontiguousarray(raw["agentview_image"][::-1, ::-1])
+            images["wrist"] = np.ascontiguousarray(raw["robot0_eye_in_hand_image"][::-1, ::-1])
+        state = np.concatenate(
+            [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
+        )
+        return base.Obs(images=images, state=state.astype(np.float32))
+
+    def reset(self, task: int, trial: int) -> tuple[base.Obs, str]:
+        env = self._make(task)
+        # LIBERO places fixtures (not part of the saved init state) with numpy's global RNG on every
+        # hard reset; re-seeding makes the same (task, trial) the same scene every time.
+        env.seed(self.cfg.seed)
+        env.reset()
+        raw = env.set_init_state(self.init_states[trial])
+        for _ in range(self.cfg.warmup_steps):
+            raw, *_ = env.step(NOOP)
+        self.prev_success, self.t, self.limit = False, 0, self.cfg.task_max_steps(task)
+        return self._obs(raw), self.instruction
+
+    def step(self, action) -> base.StepOut:
+        raw, _, done, _ = self.env.step(np.asarray(action, np.float64))
+        self.t += 1
+        success = bool(done)  # LIBERO's done is exactly "the BDDL goal holds"
+        reward = float(success and not self.prev_success)
+        self.prev_success = success
+        return base.StepOut(self._obs(raw), reward, success, self.t >= self.limit, success)
+
+    def close(self):
+        if self.env is not None:
+            self.env.close()
+            self.env = None

@@ -1,0 +1,416 @@
+"""EnvPool: P worker processes x M simulators each, observations in shared memory.
+
+Wire protocol (main <-> worker, one duplex pipe per worker; every message is a small tuple):
+  worker -> main  ("ready", spec, instructions | None)   after the SimGroup is built (and, with
+                                                          auto-reset after a restart, its envs reset)
+  main -> worker  ("attach", {array name: shm name})      once, after the first "ready"
+  main -> worker  ("reset", init_ids (M, 2))              -> ("reset", instructions)
+  main -> worker  ("step", actions (M, T, A))             -> ("step", StepReply arrays)
+  main -> worker  ("close",)                              worker closes its sims and exits
+Observations never go through the pipe: a worker writes its rows [w*M, (w+1)*M) of the pool-wide
+shared arrays (one segment per camera and one for state, plus the same for ``final_obs``) before
+replying, and the main process copies them out after the reply.
+
+Crash handling: the main process waits on the pipe AND the process sentinel together, so a worker
+that dies (segfault, SIGKILL, OOM) is seen as soon as the OS reaps it (well under 1 s). Its envs
+are reported with ``crashed=True`` and ``valid=False`` for that chunk, a replacement process is
+started at once, and the pool waits for it to come up before returning, so the next call works.
+With auto-reset the replacement resets its envs to fresh init ids and ``obs`` shows them; without,
+those envs stay done until the next ``reset``. Other workers' results are untouched.
+
+Two-stage stepping: with ``num_stages=2`` the workers are split in two halves; the caller sends
+actions for stage 0, computes actions for stage 1 while stage 0 steps, and so on
+(``send_step``/``recv_step``). ``step_chunk`` does all stages at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import multiprocessing as mp
+import os
+import time
+import weakref
+from collections.abc import Callable
+from multiprocessing import connection, shared_memory
+from typing import Any
+
+import numpy as np
+from jaxtyping import Float32, Int64
+
+from pirl.envs import base, worker
+
+# Thread pools that workers size from these variables before any simulator is imported: BLAS and
+# OpenMP, and llvmpipe/lavapipe (Mesa's CPU renderers, LP_NUM_THREADS), which otherwise start one
+# render thread per core in every worker.
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LP_NUM_THREADS")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """How the pool runs its workers.
+
+    Attributes:
+      num_workers: P processes.
+      envs_per_worker: M simulators per process.
+      auto_reset: reset envs whose episode ended at the end of the chunk (see base.py).
+      seed: auto-reset init ids of env i are drawn from ``base.env_rng(seed, i)``.
+      num_stages: split workers into this many stages for pipelined stepping.
+      gl: MUJOCO_GL for the workers ("egl" or "osmesa"); None leaves the environment alone.
+      timeout_s: a worker silent for this long during a command is killed and treated as crashed.
+      threads_per_worker: size of each worker's BLAS/OpenMP/CPU-renderer thread pools. 1 suits one
+        worker per core (parallelism from processes, no oversubscription); raise it when there are
+        fewer workers than cores.
+    """
+
+    num_workers: int
+    envs_per_worker: int
+    auto_reset: bool = False
+    seed: int = 0
+    num_stages: int = 1
+    gl: str | None = None
+    timeout_s: float = 600.0
+    threads_per_worker: int = 1
+
+    def __post_init__(self):
+        if self.num_workers < 1 or self.envs_per_worker < 1:
+            raise ValueError(f"need num_workers, envs_per_worker >= 1, got {self}")
+        if not 1 <= self.num_stages <= self.num_workers:
+            raise ValueError(f"num_stages={self.num_stages} must be in [1, num_workers={self.num_workers}]")
+        if self.gl not in (None, "egl", "osmesa"):
+            raise ValueError(f"gl must be 'egl', 'osmesa' or None, got {self.gl!r}")
+
+
+class EnvPool:
+    """P worker processes x M envs behind one batched interface (see module docstring).
+
+    ``factory(worker_index, M) -> SimGroup`` runs inside each worker; it must be picklable (a
+    frozen dataclass config with ``__call__`` is the intended form).
+    """
+
+    def __init__(self, factory: Callable[[int, int], base.SimGroup], cfg: PoolConfig):
+        self.cfg, self.factory = cfg, factory
+        self.num_envs = cfg.num_workers * cfg.envs_per_worker
+        self._ctx = mp.get_context("spawn")
+        self._procs: list[Any] = [None] * cfg.num_workers
+        self._conns: list[Any] = [None] * cfg.num_workers
+        self._shm: dict[str, shared_memory.SharedMemory] = {}
+        self._arrays: dict[str, np.ndarray] = {}
+        self._pending: list[str | None] = [None] * cfg.num_workers
+        self._chunk_len: dict[int, int] = {}
+        self._closed = False
+        self.restarts = np.zeros(cfg.num_workers, np.int64)
+        self.crash_log: list[tuple[int, float]] = []  # (worker, time.monotonic() when noticed)
+        self.instructions = [""] * self.num_envs
+        self.tracker = base.EpisodeTracker(self.num_envs)
+        self._done = np.ones(self.num_envs, bool)
+        # Runs on close(), garbage collection or interpreter exit, whichever comes first; it holds
+        # the containers, not self, so it does not keep the pool alive.
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, self._shm)
+        stages = np.array_split(np.arange(cfg.num_workers), cfg.num_stages)
+        self.stage_workers = [list(map(int, s)) for s in stages]
+        try:
+            for w in range(cfg.num_workers):
+                self._start(w, None)
+            ready = self._gather(list(range(cfg.num_workers)), "ready", startup=True)
+            specs = [ready[w][1] for w in range(cfg.num_workers)]
+            self.spec: base.EnvSpec = specs[0]
+            if any(s != self.spec for s in specs):
+                raise ValueError(f"workers built different EnvSpecs: {set(specs)}")
+            for key, (shape, dtype) in worker.array_layout(self.spec, self.num_envs).items():
+                nbytes = max(1, int(np.prod(shape)) * dtype.itemsize)
+                shm = shared_memory.SharedMemory(create=True, size=nbytes)
+                self._shm[key] = shm
+                self._arrays[key] = np.ndarray(shape, dtype, buffer=shm.buf)
+                self._arrays[key].fill(0)
+            names = {k: s.name for k, s in self._shm.items()}
+            for conn in self._conns:
+                conn.send(("attach", names))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- process management ----------------------------------------------------------------
+    def _start(self, w: int, shm_names):
+        parent, child = self._ctx.Pipe(duplex=True)
+        saved = {k: os.environ.get(k) for k in [*_THREAD_VARS, "MUJOCO_GL", "PYOPENGL_PLATFORM"]}
+        os.environ.update({k: str(self.cfg.threads_per_worker) for k in _THREAD_VARS})
+        if self.cfg.gl is not None:
+            os.environ["MUJOCO_GL"] = self.cfg.gl
+            os.environ["PYOPENGL_PLATFORM"] = self.cfg.gl
+        try:
+            proc = self._ctx.Process(
+                target=worker.worker_main,
+                args=(child, self.factory, w, self.cfg, shm_names, int(self.restarts[w])),
+                daemon=True,
+                name=f"pirl-env-{w}",
+            )
+            proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        self._procs[w], self._conns[w] = proc, parent
+
+    def _restart(self, w: int):
+        proc = self._procs[w]
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        self._conns[w].close()
+        self.restarts[w] += 1
+        self._start(w, {k: s.name for k, s in self._shm.items()})
+        _, _, instructions = self._gather([w], "ready", startup=True)[w]
+        m = self.cfg.envs_per_worker
+        if instructions is not None:
+            for i, text in instructions.items():
+                self.instructions[w * m + i] = text
+
+    def _gather(self, workers: list[int], kind: str, startup: bool = False) -> dict[int, tuple | None]:
+        """Waits for one reply of the given kind from each worker, all at once, so that a death is
+        seen as soon as the OS reports it, whatever the others are doing. Returns {worker: message},
+        with None for a worker that died (or hung past timeout_s and was killed)."""
+        out: dict[int, tuple | None] = {}
+        pending = set(workers)
+        deadline = time.monotonic() + self.cfg.timeout_s
+        while pending:
+            handles = {}
+            for w in pending:
+                handles[self._conns[w]] = w
+                handles[self._procs[w].sentinel] = w
+            ready = connection.wait(list(handles), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:  # timed out: a hung simulator is handled like a dead one
+                for w in pending:
+                    self._procs[w].kill()
+                ready = [self._procs[w].sentinel for w in pending]
+            for w in {handles[h] for h in ready} & pending:
+                conn, proc = self._conns[w], self._procs[w]
+                msg = None
+                # A worker may have replied and then died: read what it sent before its sentinel.
+                if conn.poll():
+                    with contextlib.suppress(EOFError, OSError):
+                        msg = conn.recv()
+                if msg is None and proc.is_alive():
+                    continue  # spurious wake-up
+                pending.discard(w)
+                if msg is not None and msg[0] == "error":
+                    proc.join(5)
+                    raise RuntimeError(f"env worker {w} failed:\n{msg[1]}")
+                if msg is not None and msg[0] != kind:
+                    raise RuntimeError(f"env worker {w} replied {msg[0]!r}, expected {kind!r}")
+                if msg is None:
+                    self.crash_log.append((w, time.monotonic()))
+                    proc.join(5)
+                    if startup:
+                        raise RuntimeError(
+                            f"env worker {w} died while starting (exit code {proc.exitcode}); "
+                            "run its factory in the main process to see the error"
+                        )
+                out[w] = msg
+        return out
+
+    def _rows(self, workers: list[int]) -> np.ndarray:
+        m = self.cfg.envs_per_worker
+        return np.concatenate([np.arange(w * m, (w + 1) * m) for w in workers])
+
+    def _obs(self, rows: np.ndarray, prefix: str = "") -> base.BatchObs:
+        return base.BatchObs(
+            images={c.name: self._arrays[prefix + "img/" + c.name][rows] for c in self.spec.cameras},
+            state=self._arrays[prefix + "state"][rows],
+            instruction=[self.instructions[i] for i in rows],
+        )
+
+    # -- public API ------------------------------------------------------------------------
+    def stage_envs(self, stage: int) -> np.ndarray:
+        """Env indices (into the pool's N) that belong to a stage."""
+        return self._rows(self.stage_workers[stage])
+
+    def reset(self, init_ids: Int64[np.ndarray, "N 2"]) -> base.BatchObs:
+        """Resets every env to its (task, trial) id; use ``base.group_init_ids`` for GRPO groups."""
+        self._check_open()
+        ids = base.check_init_ids(self.spec, init_ids, self.num_envs)
+        m = self.cfg.envs_per_worker
+        for w, conn in enumerate(self._conns):
+            self._send(w, conn, ("reset", ids[w * m : (w + 1) * m]))
+        replies = self._gather(list(range(self.cfg.num_workers)), "reset")
+        for w in range(self.cfg.num_workers):
+            if replies[w] is None:
+                # A reset has no episode to lose: bring the worker back and reset it again.
+                self._restart(w)
+                self._conns[w].send(("reset", ids[w * m : (w + 1) * m]))
+                replies[w] = self._gather([w], "reset", startup=True)[w]
+            for i, text in replies[w][1].items():
+                self.instructions[w * m + i] = text
+        self._pending = [None] * self.cfg.num_workers
+        self.tracker.start(np.ones(self.num_envs, bool))
+        self._done[:] = False
+        return self._obs(np.arange(self.num_envs))
+
+    def _check_open(self):
+        if self._closed:
+            raise RuntimeError("EnvPool is closed")
+
+    def _send(self, w: int, conn, msg):
+        # A dead worker's pipe is broken; _gather will see its sentinel and report the crash.
+        with contextlib.suppress(BrokenPipeError, OSError):
+            conn.send(msg)
+
+    def send_step(self, stage: int, actions: Float32[np.ndarray, "n T A"]):
+        """Starts one chunk on a stage's envs; n = len(stage_envs(stage))."""
+        self._check_open()
+        workers = self.stage_workers[stage]
+        m, n = self.cfg.envs_per_worker, len(workers) * self.cfg.envs_per_worker
+        actions = np.asarray(actions, np.float32)
+        if actions.ndim != 3 or actions.shape[0] != n or actions.shape[2] != self.spec.action_dim:
+            raise ValueError(
+                f"actions for stage {stage} must have shape ({n}, T, {self.spec.action_dim}), got {actions.shape}"
+            )
+        for k, w in enumerate(workers):
+            if self._pending[w] is not None:
+                raise RuntimeError(f"stage {stage} already has a chunk in flight; call recv_step first")
+            self._send(w, self._conns[w], ("step", actions[k * m : (k + 1) * m]))
+            self._pending[w] = "step"
+        self._chunk_len[stage] = actions.shape[1]
+
+    def recv_step(self, stage: int) -> base.ChunkResult:
+        """Waits for a stage's chunk; returns results for its envs (rows ``stage_envs(stage)``)."""
+        workers = self.stage_workers[stage]
+        m, t_len = self.cfg.envs_per_worker, self._chunk_len.get(stage, 0)
+        if any(self._pending[w] is None for w in workers):
+            raise RuntimeError(f"no chunk in flight for stage {stage}")
+        replies = self._gather(workers, "step")
+        parts, crashed = [], []
+        for w in workers:
+            self._pending[w] = None
+            if replies[w] is None:
+                self._restart(w)
+                parts.append(_crashed_reply(m, t_len, self.cfg.auto_reset))
+                crashed.append(True)
+            else:
+                parts.append(replies[w][1])
+                crashed.append(False)
+        rows = self._rows(workers)
+        cat = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k != "instructions"}
+        crashed_rows = np.repeat(np.array(crashed), m)
+        for w, p in zip(workers, parts, strict=True):
+            for i, text in p["instructions"].items():
+                self.instructions[w * m + i] = text
+        self._track(rows, cat, crashed_rows)
+        final = self._obs(rows, "final/") if self.cfg.auto_reset else None
+        result = base.ChunkResult(
+            obs=self._obs(rows),
+            rewards=cat["rewards"],
+            terminated=cat["terminated"],
+            truncated=cat["truncated"],
+            success=cat["success"],
+            valid=cat["valid"],
+            done=cat["done"],
+            crashed=crashed_rows,
+            episode_return=self.tracker.ret[rows].copy(),
+            episode_length=self.tracker.length[rows].copy(),
+            success_once=self.tracker.success_once[rows].copy(),
+            reset_now=cat["reset_now"],
+            final_obs=final,
+        )
+        restarted_auto = crashed_rows & self.cfg.auto_reset
+        self.tracker.start(_scatter(self.num_envs, rows, cat["reset_now"] | restarted_auto))
+        return result
+
+    def _track(self, rows, cat, crashed_rows):
+        self.tracker.update(rows, cat["rewards"], cat["success"], cat["valid"])
+        self._done[rows] = cat["done"] | crashed_rows
+
+    def step_chunk(self, actions: Float32[np.ndarray, "N T A"]) -> base.ChunkResult:
+        """Steps every env through a chunk of T actions (all stages, then waits for all)."""
+        actions = np.asarray(actions, np.float32)
+        if actions.ndim != 3 or actions.shape[0] != self.num_envs:
+            raise ValueError(f"actions must have shape ({self.num_envs}, T, A), got {actions.shape}")
+        for s in range(self.cfg.num_stages):
+            self.send_step(s, actions[self.stage_envs(s)])
+        return _concat_results([self.recv_step(s) for s in range(self.cfg.num_stages)])
+
+    @property
+    def done(self) -> np.ndarray:
+        """(N,) True where the env's current episode has ended (one-episode mode) or crashed."""
+        return self._done.copy()
+
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def close(self):
+        """Stops every worker and frees the shared memory; safe to call twice."""
+        self._closed = True
+        self._finalizer()
+        self._arrays.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _shutdown(procs: list, conns: list, shms: dict[str, shared_memory.SharedMemory]):
+    for conn in conns:
+        if conn is not None:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                conn.send(("close",))
+    deadline = time.monotonic() + 10.0
+    for p in procs:
+        if p is not None:
+            p.join(max(0.1, deadline - time.monotonic()))
+            if p.is_alive():
+                p.kill()
+                p.join(5)
+    for conn in conns:
+        if conn is not None:
+            conn.close()
+    for shm in shms.values():
+        shm.close()
+        shm.unlink()
+    shms.clear()
+
+
+def _scatter(n: int, rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.zeros(n, bool)
+    out[rows] = values
+    return out
+
+
+def _crashed_reply(m: int, t_len: int, auto_reset: bool) -> dict[str, Any]:
+    z = np.zeros((m, t_len), bool)
+    return {
+        "rewards": np.zeros((m, t_len), np.float32),
+        "terminated": z,
+        "truncated": z,
+        "success": z,
+        "valid": z,
+        "done": np.ones(m, bool),
+        # With auto-reset the replacement worker has already started fresh episodes.
+        "reset_now": np.full(m, auto_reset),
+        "instructions": {},
+    }
+
+
+def _concat_results(results: list[base.ChunkResult]) -> base.ChunkResult:
+    if len(results) == 1:
+        return results[0]
+
+    def cat_obs(obs: list[base.BatchObs]) -> base.BatchObs:
+        return base.BatchObs(
+            images={k: np.concatenate([o.images[k] for o in obs]) for k in obs[0].images},
+            state=np.concatenate([o.state for o in obs]),
+            instruction=[s for o in obs for s in o.instruction],
+        )
+
+    fields = {}
+    for f in dataclasses.fields(base.ChunkResult):
+        vals = [getattr(r, f.name) for r in results]
+        if f.name in ("obs", "final_obs"):
+            fields[f.name] = None if vals[0] is None else cat_obs(vals)
+        else:
+            fields[f.name] = np.concatenate(vals)
+    return base.ChunkResult(**fields)

@@ -1,0 +1,33 @@
+"""Shared pieces of the simulator tests."""
+
+import dataclasses
+import os
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Test assets live beside the repository (see ../shared/libero-assets/README.md).
+LIBERO_ASSETS = os.environ.get("PIRL_LIBERO_ASSETS", os.path.join(ROOT, "..", "shared", "libero-assets"))
+
+
+@dataclasses.dataclass(frozen=True)
+class NoJax:
+    """Wraps a pool factory; the worker fails to start if building the sims imported JAX."""
+
+    inner: object
+
+    def __call__(self, worker_index, num_envs):
+        group = self.inner(worker_index, num_envs)
+        if "jax" in sys.modules:
+            raise RuntimeError("an env worker imported jax")
+        return group
+
+
+def assert_images_ok(images: dict, names, size):
+    """Every camera present, (N, H, W, 3) uint8 and not a constant image."""
+    assert sorted(images) == sorted(names), sorted(images)
+    for name, img in images.items():
+        assert img.dtype == np.uint8 and img.shape[1:] == (*size, 3), (name, img.shape)
+        for i in range(len(img)):
+            assert img[i].std() > 5.0, f"camera {name} env {i} renders a (nearly) constant image"

@@ -1,0 +1,114 @@
+"""LIBERO adapter: state layout, config writing, suites, and real envs through the pool."""
+
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("libero")
+
+from envs_helpers import LIBERO_ASSETS, ROOT, NoJax, assert_images_ok
+
+from pirl.envs import libero as lb
+from pirl.envs import pool
+
+
+def test_quat_to_axis_angle_hand_values():
+    # A rotation by angle a about unit axis u is q = (u sin(a/2), cos(a/2)) in (x, y, z, w) order,
+    # and its axis-angle vector is u * a.
+    a = math.pi / 2
+    np.testing.assert_allclose(lb.quat_to_axis_angle([0, 0, math.sin(a / 2), math.cos(a / 2)]), [0, 0, a])
+    u = np.array([1.0, 2.0, 2.0]) / 3.0  # |u| = 1
+    q = [*(u * math.sin(0.3)), math.cos(0.3)]  # angle 0.6
+    np.testing.assert_allclose(lb.quat_to_axis_angle(q), u * 0.6, atol=1e-12)
+    np.testing.assert_array_equal(lb.quat_to_axis_angle([0, 0, 0, 1]), [0, 0, 0])
+    # Half turn about x: q = (1, 0, 0, 0) -> (pi, 0, 0).
+    np.testing.assert_allclose(lb.quat_to_axis_angle([1, 0, 0, 0]), [math.pi, 0, 0])
+
+
+def test_suites_and_union():
+    assert lb.LiberoConfig(suite="libero_90", render=False).spec().num_tasks == 90
+    union = lb.suite_tasks("libero_130")
+    assert len(union) == 130 and union[0] == ("libero_spatial", 0) and union[40] == ("libero_90", 0)
+    cfg = lb.LiberoConfig(suite="libero_130")
+    assert cfg.task_max_steps(0) == 240 and cfg.task_max_steps(35) == 480 and cfg.spec().max_steps == 480
+    assert lb.LiberoConfig(suite="libero_goal").spec().max_steps == 320
+    with pytest.raises(ValueError, match="unknown LIBERO suite 'libero_11'"):
+        lb.LiberoConfig(suite="libero_11")
+    with pytest.raises(FileNotFoundError, match="has no 'scenes' folder"):
+        lb.LiberoConfig(assets_dir="/nonexistent").resolved_assets_dir()
+
+
+def test_config_lets_libero_import_without_a_prompt(tmp_path):
+    path = lb.write_config(str(tmp_path), LIBERO_ASSETS)
+    import yaml
+
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    assert set(cfg) == {"benchmark_root", "bddl_files", "init_states", "datasets", "assets"}
+    assert os.path.isdir(cfg["bddl_files"]) and os.path.isdir(cfg["init_states"])
+    # A fresh interpreter with no stdin imports LIBERO's benchmark through this config.
+    code = "from libero.libero import benchmark; print(benchmark.get_benchmark_dict()['libero_goal']().n_tasks)"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "LIBERO_CONFIG_PATH": str(tmp_path)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "10"
+
+
+@pytest.mark.slow
+def test_libero_envs_through_pool():
+    cfg = lb.LiberoConfig(suite="libero_spatial", image_size=(64, 64), assets_dir=LIBERO_ASSETS, warmup_steps=5)
+    with pool.EnvPool(NoJax(cfg), pool.PoolConfig(2, 1, gl="egl")) as p:
+        assert p.spec.state_dim == 8 and p.spec.action_dim == 7 and p.spec.max_steps == 240
+        # Env 1 first runs another init id, then both reset to one GRPO group id: the scene must not
+        # depend on what the env did before.
+        p.reset(np.array([[1, 0], [1, 1]]))
+        p.step_chunk(np.tile(lb.NOOP, (2, 3, 1)))
+        obs = p.reset(np.array([[1, 2], [1, 2]]))
+        assert_images_ok(obs.images, ["main", "wrist"], (64, 64))
+        np.testing.assert_array_equal(obs.images["main"][0], obs.images["main"][1])
+        np.testing.assert_array_equal(obs.images["wrist"][0], obs.images["wrist"][1])
+        np.testing.assert_array_equal(obs.state[0], obs.state[1])
+        assert obs.instruction[0].startswith("pick up the black bowl")
+        # State: eef position of the Panda above the table, axis-angle of norm <= 2 pi, two finger
+        # joints of opposite sign (open gripper).
+        s = obs.state[0]
+        assert 0.5 < s[2] < 1.5 and np.linalg.norm(s[3:6]) <= 2 * math.pi + 1e-5 and s[6] > 0 > s[7]
+        act = np.zeros((2, 5, 7), np.float32)
+        act[:, :, 2] = 1.0  # move up
+        r = p.step_chunk(act)
+        assert r.valid.all() and not r.success.any() and not r.done.any()
+        np.testing.assert_array_equal(r.episode_length, [5, 5])
+        assert (r.obs.state[:, 2] > s[2] + 0.01).all()  # the end effector went up
+
+
+@pytest.mark.slow
+def test_success_when_the_goal_holds():
+    """libero_goal task 0 is "open the middle drawer of the cabinet"; LIBERO calls the drawer open
+    when its slide joint is below -0.14. Pulling the joint to -0.15 by hand must make the next step
+    a success: reward 1, terminated; and a closed drawer must not."""
+    cfg = lb.LiberoConfig(suite="libero_goal", render=False, assets_dir=LIBERO_ASSETS, warmup_steps=2)
+    sim = lb.LiberoSim(cfg)
+    try:
+        obs, text = sim.reset(0, 0)
+        assert text == "open the middle drawer of the cabinet" and obs.state.shape == (8,)
+        out = sim.step(lb.NOOP)
+        assert not out.success and out.reward == 0.0 and not out.terminated
+        sim_ = sim.env.env.sim
+        addr = sim_.model.get_joint_qpos_addr("wooden_cabinet_1_middle_level")
+        sim_.data.qpos[addr] = -0.15
+        sim_.forward()
+        out = sim.step(lb.NOOP)
+        assert out.success and out.terminated and out.reward == 1.0 and not out.truncated
+    finally:
+        sim.close()

@@ -1,0 +1,81 @@
+"""MetaWorld adapter through the pool: images, groups, scripted experts, relative reward."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("metaworld")
+
+from envs_helpers import NoJax, assert_images_ok
+
+from pirl.envs import base, pool
+from pirl.envs import metaworld as mw
+
+
+def test_task_lists_and_instructions():
+    from metaworld import env_dict
+
+    cfg = mw.MetaWorldConfig()
+    assert cfg.task_names() == list(env_dict.ALL_V3_ENVIRONMENTS)  # the 50 v3 tasks, one text each
+    assert all(len(mw.INSTRUCTIONS[n].split()) >= 3 for n in cfg.task_names())
+    train = mw.MetaWorldConfig(benchmark="ML45-train").task_names()
+    test = mw.MetaWorldConfig(benchmark="ML45-test").task_names()
+    assert len(train) == 45 and len(test) == 5 and not set(train) & set(test)
+    assert mw.MetaWorldConfig(benchmark="reach-v3").spec().num_tasks == 1
+    with pytest.raises(ValueError, match="unknown MetaWorld benchmark 'MT51'"):
+        mw.MetaWorldConfig(benchmark="MT51")
+    with pytest.raises(ValueError, match="camera 'side'"):
+        mw.MetaWorldConfig(camera="side")
+    with pytest.raises(ValueError, match=r"warmup_steps \+ max_steps = 515 > 500"):
+        mw.MetaWorldConfig(max_steps=500)
+
+
+def test_mt50_average_is_mean_of_group_means():
+    # easy tasks 1.0, medium 0.5, hard and very hard 0 -> (1 + 0.5 + 0 + 0) / 4 = 0.375
+    # (a plain mean over the 50 tasks would give (28 + 5.5) / 50 = 0.67).
+    rates = {n: {"easy": 1.0, "medium": 0.5}.get(g, 0.0) for g, names in mw.DIFFICULTY.items() for n in names}
+    assert mw.mt50_average(rates) == pytest.approx(0.375)
+    with pytest.raises(ValueError, match="missing for 1 tasks"):
+        mw.mt50_average({k: v for k, v in rates.items() if k != "reach-v3"})
+
+
+def test_experts_succeed_through_pool_and_groups_match():
+    cfg = mw.MetaWorldConfig(image_size=(64, 64), state="full", max_steps=150)
+    names = cfg.task_names()
+    tasks = ["reach-v3", "drawer-open-v3", "button-press-topdown-v3"]
+    # Envs 0 and 2 share an init id, in different worker processes; envs 1 and 3 run other tasks.
+    reach = [names.index(tasks[0]), 3]
+    ids = np.array([reach, [names.index(tasks[1]), 0], reach, [names.index(tasks[2]), 0]])
+    with pool.EnvPool(NoJax(cfg), pool.PoolConfig(2, 2, gl="osmesa")) as p:
+        assert p.spec.state_dim == 39 and p.spec.action_dim == 4 and p.spec.max_steps == 150
+        obs = p.reset(ids)
+        assert_images_ok(obs.images, ["main"], (64, 64))
+        np.testing.assert_array_equal(obs.images["main"][0], obs.images["main"][2])
+        np.testing.assert_array_equal(obs.state[0], obs.state[2])
+        assert not np.array_equal(obs.images["main"][0], obs.images["main"][1])
+        assert obs.instruction[1] == mw.INSTRUCTIONS["drawer-open-v3"]
+        env_tasks = [names[t] for t in ids[:, 0]]
+        first = obs.images["main"].copy()
+        for _ in range(150):
+            r = p.step_chunk(mw.expert_actions(env_tasks, obs.state)[:, None, :])
+            obs = r.obs
+            if r.done.all():
+                break
+        assert r.success_once.all(), r.success_once
+        assert not r.crashed.any()
+        # Relative success reward: exactly +1 per episode, on the step that terminated it.
+        np.testing.assert_array_equal(r.episode_return, 1.0)
+        assert (r.episode_length < 150).all()
+        # The arm moved: last frames differ from the first ones.
+        assert (np.abs(obs.images["main"].astype(int) - first).mean(axis=(1, 2, 3)) > 0.5).all()
+
+
+def test_expert_needs_full_state():
+    with pytest.raises(ValueError, match=r"full \(N, 39\) state"):
+        mw.expert_actions(["reach-v3"], np.zeros((1, 4)))
+
+
+def test_group_init_ids_cover_tasks_and_trials():
+    spec = mw.MetaWorldConfig(num_trials=10).spec()
+    ids = base.group_init_ids(spec, 64, 8, np.random.default_rng(1))
+    assert ids.shape == (64, 2) and (ids[:, 0] < 50).all() and (ids[:, 1] < 10).all()
+    assert (ids.reshape(8, 8, 2) == ids.reshape(8, 8, 2)[:, :1]).all()

@@ -1,0 +1,241 @@
+"""EnvPool on the toy simulator: bookkeeping, groups, auto-reset, pipelining, crashes, shutdown."""
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from multiprocessing import shared_memory
+
+import numpy as np
+import pytest
+
+from pirl.envs import base, pool, toy
+
+
+def make(cfg=None, **kw):
+    return pool.EnvPool(cfg or toy.ToyConfig(), pool.PoolConfig(**{"num_workers": 2, "envs_per_worker": 2, **kw}))
+
+
+def drive_actions(x0, k, t_len):
+    """Actions that bring the toy point from x0 to the origin in exactly k steps, then zeros."""
+    a = np.zeros((len(x0), t_len, x0.shape[1]), np.float32)
+    a[:, :k] = (-x0 / (0.1 * k))[:, None, :]
+    return a
+
+
+def test_group_reset_and_chunk_bookkeeping():
+    with make(toy.ToyConfig(max_steps=6)) as p:
+        assert p.spec.action_dim == 2 and p.num_envs == 4
+        ids = base.group_init_ids(p.spec, 4, 2, np.random.default_rng(0))
+        obs = p.reset(ids)
+        # A GRPO group (envs 0,1 and envs 2,3) starts from one init id: identical observations.
+        np.testing.assert_array_equal(obs.images["main"][0], obs.images["main"][1])
+        np.testing.assert_array_equal(obs.state[2], obs.state[3])
+        assert obs.instruction[0] == f"move the point to the origin (task {ids[0, 0]})"
+        # Envs 0 and 2 go to the origin in 5 steps (|x0| <= 0.5, so |action| <= 1 is not clipped):
+        # success on step 5 -> reward 1 at t=4, the episode terminates, steps 6-8 of the chunk are
+        # skipped. Envs 1 and 3 stand still: max_steps=6 -> truncated at t=5, return 0, length 6.
+        x0 = obs.state
+        act = drive_actions(x0, 5, 8)
+        act[[1, 3]] = 0.0
+        r = p.step_chunk(act)
+        np.testing.assert_array_equal(r.valid[0], [1, 1, 1, 1, 1, 0, 0, 0])
+        np.testing.assert_array_equal(r.rewards[0], [0, 0, 0, 0, 1, 0, 0, 0])
+        np.testing.assert_array_equal(r.terminated[0], [0, 0, 0, 0, 1, 0, 0, 0])
+        np.testing.assert_array_equal(r.valid[1], [1, 1, 1, 1, 1, 1, 0, 0])
+        np.testing.assert_array_equal(r.truncated[1], [0, 0, 0, 0, 0, 1, 0, 0])
+        assert not r.terminated[1].any()
+        np.testing.assert_array_equal(r.episode_return, [1, 0, 1, 0])
+        np.testing.assert_array_equal(r.episode_length, [5, 6, 5, 6])
+        np.testing.assert_array_equal(r.success_once, [1, 0, 1, 0])
+        assert r.done.all() and not r.crashed.any() and not r.reset_now.any() and r.final_obs is None
+        # Image channel 2 is the step counter: env 0 stopped after 5 steps, env 1 after 6.
+        assert r.obs.images["main"][0, 0, 0, 2] == 5 and r.obs.images["main"][1, 0, 0, 2] == 6
+        # One episode per rollout: a further chunk executes nothing.
+        r2 = p.step_chunk(np.ones((4, 2, 2)))
+        assert not r2.valid.any()
+        np.testing.assert_array_equal(r2.episode_length, [5, 6, 5, 6])
+
+
+def test_auto_reset_is_deterministic_and_keeps_final_obs():
+    def run():
+        with make(toy.ToyConfig(max_steps=3), auto_reset=True, seed=5) as p:
+            p.reset(np.zeros((4, 2), np.int64))
+            r = p.step_chunk(np.zeros((4, 5, 2)))
+            return r, p.step_chunk(np.zeros((4, 5, 2)))
+
+    r, r_next = run()
+    assert r.reset_now.all() and r.done.all()
+    np.testing.assert_array_equal(r.valid[:, :3], True)
+    np.testing.assert_array_equal(r.valid[:, 3:], False)
+    # final_obs is the last frame of the ended episode (step 3 of init id (0, 0)); obs is the new
+    # episode's first frame (step 0).
+    assert (r.final_obs.images["main"][:, 0, 0] == [0, 0, 3]).all()
+    assert (r.obs.images["main"][:, 0, 0, 2] == 0).all()
+    start00 = toy.ToySim(toy.ToyConfig()).start_position(0, 0)
+    np.testing.assert_allclose(r.final_obs.state, np.broadcast_to(start00, (4, 2)))
+    # The tracker restarted for the new episode.
+    np.testing.assert_array_equal(r_next.episode_length, [3, 3, 3, 3])
+    # Same seed, same sequence of auto-reset init ids (visible in image channels 0 and 1).
+    r_again, _ = run()
+    np.testing.assert_array_equal(r.obs.images["main"], r_again.obs.images["main"])
+    expect = [base.env_rng(5, i) for i in range(4)]
+    for i, g in enumerate(expect):
+        task, trial = g.integers(3), g.integers(5)
+        assert tuple(r.obs.images["main"][i, 0, 0, :2]) == (task * 10, trial)
+
+
+def test_two_stage_matches_single_call():
+    ids = np.array([[0, 1], [1, 2], [2, 3], [0, 4]])
+    with make(num_stages=2) as p:
+        x0 = p.reset(ids).state
+        act = drive_actions(x0, 5, 6)
+        np.testing.assert_array_equal(p.stage_envs(0), [0, 1])
+        p.send_step(0, act[:2])
+        p.send_step(1, act[2:])
+        with pytest.raises(RuntimeError, match="already has a chunk in flight"):
+            p.send_step(0, act[:2])
+        a, b = p.recv_step(0), p.recv_step(1)
+    with make() as q:
+        q.reset(ids)
+        ref = q.step_chunk(act)
+    np.testing.assert_array_equal(np.concatenate([a.rewards, b.rewards]), ref.rewards)
+    np.testing.assert_array_equal(np.concatenate([a.obs.state, b.obs.state]), ref.obs.state)
+    assert ref.success_once.all()
+
+
+def test_bad_inputs_name_the_problem():
+    with make() as p:
+        with pytest.raises(ValueError, match=r"init_ids must have shape \(4, 2\)"):
+            p.reset(np.zeros((3, 2)))
+        with pytest.raises(ValueError, match=r"task id 7 outside \[0, 3\)"):
+            p.reset(np.array([[7, 0]] * 4))
+        p.reset(np.zeros((4, 2)))
+        with pytest.raises(ValueError, match=r"shape \(4, T, 2\)"):
+            p.step_chunk(np.zeros((4, 3, 5)))
+
+
+@pytest.mark.parametrize("auto_reset", [False, True])
+def test_killed_worker_is_replaced_and_others_intact(auto_reset):
+    cfg = toy.ToyConfig(sleep_s=0.05, max_steps=50)
+    ids = np.array([[0, 0], [1, 1], [2, 2], [1, 3]])
+    # 40 steps x 50 ms: worker 0 is still busy for ~2 s after the kill, so noticing the death
+    # within 1 s requires watching all workers at once, not one after another.
+    act = np.full((4, 40, 2), 0.01, np.float32)
+    with make(cfg, auto_reset=auto_reset) as q:
+        q.reset(ids)
+        ref = q.step_chunk(act)
+    with make(cfg, auto_reset=auto_reset) as p:
+        p.reset(ids)
+        victim = p.worker_pids()[1]
+        p.send_step(0, act)
+        time.sleep(0.2)
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        r = p.recv_step(0)
+        assert p.crash_log[0][0] == 1 and p.crash_log[0][1] - killed_at < 1.0
+        assert r.valid[:2].all()  # worker 0 finished its whole chunk
+        np.testing.assert_array_equal(r.crashed, [0, 0, 1, 1])
+        assert not r.valid[2:].any() and r.done[2:].all()
+        for f in ("rewards", "valid", "episode_length"):
+            np.testing.assert_array_equal(getattr(r, f)[:2], getattr(ref, f)[:2])
+        np.testing.assert_array_equal(r.obs.state[:2], ref.obs.state[:2])
+        assert p.restarts.tolist() == [0, 1] and p.worker_pids()[1] != victim
+        if auto_reset:  # the replacement started fresh episodes: obs at step 0, chunk runs
+            assert r.reset_now[2:].all() and (r.obs.images["main"][2:, 0, 0, 2] == 0).all()
+            r2 = p.step_chunk(act[:, :2])
+            assert r2.valid.all() and not r2.crashed.any()
+        else:  # one episode per rollout: the crashed envs stay done until the next reset
+            r2 = p.step_chunk(act[:, :2])
+            assert r2.valid[:2].all() and not r2.valid[2:].any()
+            p.reset(ids)
+            assert p.step_chunk(act[:, :2]).valid.all()
+
+
+@dataclasses.dataclass(frozen=True)
+class Broken(toy.ToyConfig):
+    """Toy sims whose factory or step raises, to check that errors reach the main process."""
+
+    fail_in: str = "factory"
+
+    def __call__(self, worker_index, num_envs):
+        if self.fail_in == "factory":
+            raise OSError("no such scene file: /nowhere/scene.xml")
+        group = super().__call__(worker_index, num_envs)
+        for sim in group.sims:
+            sim.step = lambda action: 1 / 0
+        return group
+
+
+def test_worker_errors_are_raised_with_their_traceback():
+    with pytest.raises(RuntimeError, match=r"(?s)env worker [01] failed:.*OSError: no such scene file"):
+        make(Broken())
+    with make(Broken(fail_in="step")) as p:
+        p.reset(np.zeros((4, 2)))
+        with pytest.raises(RuntimeError, match="ZeroDivisionError"):
+            p.step_chunk(np.zeros((4, 1, 2)))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it has exited, which is what matters here.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def _shm_exists(name):
+    try:
+        shared_memory.SharedMemory(name=name).close()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def test_close_leaves_no_processes_or_segments():
+    p = make()
+    pids, names = p.worker_pids(), [s.name for s in p._shm.values()]
+    assert all(_alive(x) for x in pids) and all(_shm_exists(n) for n in names)
+    p.close()
+    p.close()
+    assert not any(_alive(x) for x in pids)
+    assert not any(_shm_exists(n) for n in names)
+    with pytest.raises(RuntimeError, match="closed"):
+        p.reset(np.zeros((4, 2)))
+
+
+def test_exit_without_close_leaves_nothing():
+    script = textwrap.dedent(
+        """
+        import numpy as np
+        from pirl.envs import pool, toy
+        if __name__ == "__main__":
+            p = pool.EnvPool(toy.ToyConfig(), pool.PoolConfig(2, 1))
+            p.reset(np.zeros((2, 2)))
+            print(*p.worker_pids(), *[s.name for s in p._shm.values()])
+        """
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    assert out.returncode == 0, out.stderr
+    fields = out.stdout.split()
+    pids, names = [int(x) for x in fields[:2]], fields[2:]
+    assert len(names) == 4  # obs + final_obs for one camera and the state
+    deadline = time.monotonic() + 5
+    while any(_alive(x) for x in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(x) for x in pids)
+    assert not any(_shm_exists(n) for n in names)
+    assert "leaked" not in out.stderr
