@@ -34,15 +34,7 @@ def model_config(variant: str) -> pi0.Pi0Config:
     if variant == "tiny":
         return pi0.Pi0Config.tiny()
     if variant == "dummy":
-        return pi0.Pi0Config(
-            paligemma_variant="dummy",
-            action_expert_variant="dummy",
-            vision_variant="tiny/14",
-            image_size=56,
-            vocab_size=1024,
-            dtype="float32",
-            remat=False,
-        )
+        return pi0.Pi0Config.dummy()
     if variant == "full":
         return pi0.Pi0Config()
     raise ValueError(f"unknown variant {variant!r} (tiny, dummy, full)")
