@@ -183,3 +183,24 @@ def test_rescoring_cost(policy, monkeypatch):
     # Top-level scans are the model's layer stacks (lengths 1 and 2 here) and the denoising loop.
     lengths = [e.params["length"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
     assert lengths.count(K) == (1 if policy.joint_logprob else 0)
+
+
+def test_vlm_value_is_mlp_of_mean_valid_prefix_output():
+    # π0.5-style critic: the value MLP on the mean of the VLM outputs over valid prefix tokens.
+    policy = _policy(value_source="vlm", value_hidden=(16, 8))
+    params = {"model": pi0.init_params(MODEL, jax.random.key(0))} | flow.init_heads(policy, MODEL, jax.random.key(1))
+    obs = pi0.fake_observation(MODEL, B, jax.random.key(2))
+    obs = obs.replace(tokenized_prompt_mask=obs.tokenized_prompt_mask.at[:, 5:].set(False))  # padded prompts
+    out = jax.jit(functools.partial(flow.sample, policy, MODEL))(params, obs, jax.random.key(3))
+    prefix = jax.jit(functools.partial(pi0.prefix_pass, MODEL))(params["model"], obs)
+    mask = np.asarray(prefix.mask)
+    assert not mask.all()
+    pooled = (np.asarray(prefix.out) * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
+    h = np.asarray(pooled, np.float64)
+    head = jax.tree.map(lambda x: np.asarray(x, np.float64), params["value_head"])
+    for name in ("dense_0", "dense_1"):
+        h = np.maximum(h @ head[name]["kernel"] + head[name]["bias"], 0.0)
+    ref = (h @ head["out"]["kernel"] + head["out"]["bias"])[:, 0]
+    np.testing.assert_allclose(np.asarray(out.value), ref, rtol=1e-4, atol=1e-6)
+    # The last layer starts from N(0, 0.02²) with a zero bias: values start near 0.
+    assert abs(float(np.std(head["out"]["kernel"])) - 0.02) < 0.01 and not head["out"]["bias"].any()
