@@ -16,6 +16,7 @@ import math
 import os
 import pathlib
 import shutil
+import socket
 import tempfile
 
 import jax
@@ -148,6 +149,22 @@ def _hf_snapshot(url: str) -> pathlib.Path:
         ) from None
 
 
+# Object stores whose client retries for minutes when the host cannot be resolved: check first.
+_STORE_HOSTS = {"gs": "storage.googleapis.com", "gcs": "storage.googleapis.com"}
+
+
+def _check_reachable(url: str, scheme: str) -> None:
+    host = _STORE_HOSTS.get(scheme)
+    if host is None:
+        return
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as e:
+        raise CheckpointError(
+            f"cannot reach {host} for {url} ({e}; offline?): copy the directory locally and pass its path"
+        ) from None
+
+
 def _fsspec_copy(url: str) -> pathlib.Path:
     """Copies a remote directory once into the cache (a marker file says the copy finished)."""
     import fsspec
@@ -156,6 +173,7 @@ def _fsspec_copy(url: str) -> pathlib.Path:
     dest = default_cache_dir() / "checkpoints" / scheme / rest.strip("/")
     if (dest / ".complete").is_file():
         return dest
+    _check_reachable(url, scheme)
     try:
         # openpi's bucket is public: anonymous access needs no credentials.
         fs, root = fsspec.core.url_to_fs(url, **({"token": "anon"} if scheme in ("gs", "gcs") else {}))

@@ -1,7 +1,8 @@
 """openpi-layout checkpoints: write → restore round trip, assets, remote paths, validation."""
 
-import importlib.util
 import pathlib
+import socket
+import sys
 
 import fsspec
 import jax
@@ -88,12 +89,26 @@ def test_fsspec_url_is_copied_once_into_cache(saved, tmp_path, monkeypatch):
             fs.rm("/bucket", recursive=True)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gcsfs") is not None, reason="gcsfs installed: gs:// would go online")
 def test_gs_without_gcsfs_is_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PIRL_CACHE", str(tmp_path))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [])  # pretend the host resolves
+    monkeypatch.setitem(sys.modules, "gcsfs", None)  # and the backend is not installed
     with pytest.raises(checkpoints.CheckpointError) as info:
         checkpoints.restore_params("gs://openpi-assets/checkpoints/pi05_libero")
     assert "pip install gcsfs" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_gs_offline_fails_at_once_with_one_line_error(tmp_path, monkeypatch):
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setenv("PIRL_CACHE", str(tmp_path))
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(checkpoints.CheckpointError) as info:
+        checkpoints.restore_params("gs://openpi-assets/checkpoints/pi05_libero")
+    message = str(info.value)
+    assert "\n" not in message and "gs://openpi-assets/checkpoints/pi05_libero" in message
+    assert "storage.googleapis.com" in message
 
 
 def test_hf_paths_offline(tmp_path, monkeypatch):
