@@ -213,7 +213,7 @@ def test_flow_noise_entropy_term_matches_numpy():
     for k in range(K):
         _, action_out = _expert(params["model"], batch.obs, batch.transitions.chain[:, k], jnp.full((B,), 1 - k / K))
         std = _np_noise_std(params, action_out)[:, :C, :E]
-        assert LO - 1e-9 <= std.min() and std.max() <= HI + 1e-9
+        assert std.min() >= LO - 1e-9 and std.max() <= HI + 1e-9
         per_step.append(0.5 * np.log(2 * np.pi * np.e * std**2))
     ent = (H_PRIOR + np.sum(per_step, axis=0).sum(axis=(1, 2)) / (C * E)) / (K + 1)  # [B]
     w = np.asarray(batch.weights, np.float64)
