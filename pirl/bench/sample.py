@@ -80,7 +80,7 @@ def main(argv):
     config = model_config(_MODEL.value, _DTYPE.value, _CAMERAS.value)
     n = pi0.count_params(pi0.param_shapes(config))
     print(
-        f"model={_MODEL.value} params={n / 1e9:.3f}B dtype={config.dtype} cameras={_CAMERAS.value} "
+        f"model={_MODEL.value} params={n / 1e6:.1f}M dtype={config.dtype} cameras={_CAMERAS.value} "
         f"K={_STEPS.value} horizon={config.action_horizon} device={jax.devices()[0].device_kind}"
     )
     header = (
