@@ -58,7 +58,11 @@ def fsdp_spec(shape: Sequence[int], nbytes: int, fsdp_size: int, min_bytes: int 
 
 
 def param_shardings(mesh: Mesh, params, min_bytes: int = FSDP_MIN_BYTES):
-    """NamedSharding per leaf of a tree of arrays or ShapeDtypeStructs, by the FSDP rule."""
+    """NamedSharding per leaf of a tree of arrays or ShapeDtypeStructs, by the FSDP rule.
+
+    Works on a whole TrainState too: optimizer moments have their params' shapes, so the
+    shape-based rule places them like the params.
+    """
     fsdp_size = mesh.shape["fsdp"]
 
     def one(x):

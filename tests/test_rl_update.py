@@ -142,7 +142,7 @@ def test_sharded_update_matches_unsharded():
 
     mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=4))
     # min_bytes 0 so even the tiny model's arrays are FSDP-sharded over the 4-way axis.
-    state_sh = upd.state_shardings(mesh, jax.eval_shape(lambda: state), min_bytes=0)
+    state_sh = sharding.param_shardings(mesh, jax.eval_shape(lambda: state), min_bytes=0)
     n_sharded = sum(s.spec != jax.sharding.PartitionSpec() for s in jax.tree.leaves(state_sh.params))
     assert n_sharded > 10
     step = upd.jit_update(POLICY, MODEL, CONFIG, mesh, state_sh)

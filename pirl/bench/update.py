@@ -78,7 +78,7 @@ def bench_one(args, mc, policy, micro: int, mesh) -> dict:
         lambda r: {"model": pi0.init_params(mc, r)} | flow.init_heads(policy, mc, r), jax.random.key(0)
     )
     state_shape = jax.eval_shape(functools.partial(upd.init_train_state, config), params_shape)
-    state_sh = upd.state_shardings(mesh, state_shape)
+    state_sh = sharding.param_shardings(mesh, state_shape)
     batch_shape = jax.eval_shape(functools.partial(fake_batch, mc, policy, n), jax.random.key(1))
     step = upd.jit_update(policy, mc, config, mesh, state_sh)
 

@@ -187,8 +187,7 @@ class LiberoConfig:
         )
 
     def __call__(self, worker_index: int, num_envs: int) -> base.SerialGroup:
-        if self.render and num_envs > 1 and os.environ.get("MUJOCO_GL") == "egl":
-            raise ValueError("MUJOCO_GL=egl allows one render context per process: use 1 env per worker or osmesa")
+        base.check_mujoco_render_contexts(self.render, num_envs)
         return base.SerialGroup([LiberoSim(self) for _ in range(num_envs)])
 
 

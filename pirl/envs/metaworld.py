@@ -15,7 +15,6 @@ episode terminates on success.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -203,9 +202,7 @@ class MetaWorldConfig:
 
     def __call__(self, worker_index: int, num_envs: int) -> base.SerialGroup:
         """Pool factory: M independent MetaWorld sims (each one MuJoCo model + renderer)."""
-        if self.render and num_envs > 1 and os.environ.get("MUJOCO_GL") == "egl":
-            # Measured here: with EGL only the most recently created renderer in a process draws.
-            raise ValueError("MUJOCO_GL=egl supports one rendering env per process; use gl='osmesa'")
+        base.check_mujoco_render_contexts(self.render, num_envs)
         return base.SerialGroup([MetaWorldSim(self) for _ in range(num_envs)])
 
 

@@ -250,12 +250,6 @@ def update(
     return new_state, metrics
 
 
-def state_shardings(mesh: Mesh, state_shapes, min_bytes: int = sharding.FSDP_MIN_BYTES):
-    """FSDP shardings for every leaf of a TrainState (optimizer moments follow their params'
-    shapes, so the shape-based rule places them like the params)."""
-    return sharding.param_shardings(mesh, state_shapes, min_bytes)
-
-
 def jit_update(
     policy: flow.FlowPolicyConfig,
     model_config,
