@@ -14,6 +14,8 @@ where clean() strips and turns "_" and "\\n" into spaces, and bins are the norma
 
 from __future__ import annotations
 
+import functools
+import io
 import logging
 import os
 import pathlib
@@ -146,3 +148,57 @@ class PaligemmaTokenizer:
             ids[i, : len(tokens)] = tokens
             mask[i, : len(tokens)] = True
         return ids, mask
+
+
+def train_sentencepiece(sentences: Sequence[str], vocab_size: int, *, byte_fallback: bool = False) -> bytes:
+    """A SentencePiece model trained in-process with PaliGemma's conventions: pad 0, eos 1, bos 2,
+    unk 3, "\\n" as its own piece, no dummy prefix, identity normalization. For small models and
+    offline runs; real checkpoints need the PaliGemma tokenizer they were trained with."""
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(list(sentences) * 20),
+        model_writer=model,
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        pad_id=0,
+        eos_id=1,
+        bos_id=2,
+        unk_id=3,
+        user_defined_symbols=["\n"],
+        normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
+        add_dummy_prefix=False,
+        byte_fallback=byte_fallback,
+        num_threads=1,
+        minloglevel=2,
+    )
+    return model.getvalue()
+
+
+# Words of robot-manipulation instructions; with byte fallback any other text still encodes.
+_EMBEDDED_CORPUS = (
+    "pick up the red block and place it on the plate",
+    "put the black bowl in the top drawer of the wooden cabinet and close it",
+    "open the middle drawer of the cabinet",
+    "push the puck to the goal, reach the goal position over the wall",
+    "press the button on the coffee machine from the top",
+    "slide the plate into the goal and pull the handle up from the side",
+    "turn on the stove and put the moka pot on it",
+    "insert the peg into the hole sideways; rotate the faucet handle",
+    "sweep the cube into the bin next to the basket",
+    "Task: , State: 0 1 2 3 4 5 6 7 8 9 128 255;\nAction: ",
+)
+
+
+@functools.cache
+def embedded_tokenizer_proto(vocab_size: int = 512) -> bytes:
+    """A small tokenizer that needs no download (for tiny models: vocab_size must not exceed the
+    model's vocabulary). Training is deterministic, so every process builds the same model."""
+    return train_sentencepiece(_EMBEDDED_CORPUS, vocab_size, byte_fallback=True)
+
+
+def load_tokenizer(name: str, vocab_size: int) -> PaligemmaTokenizer:
+    """ "paligemma" (the real one, downloaded once), "embedded" (built in-process), or a .model path."""
+    if name == "embedded":
+        return PaligemmaTokenizer(model_proto=embedded_tokenizer_proto(min(vocab_size, 512)))
+    return PaligemmaTokenizer(None if name == "paligemma" else name)
