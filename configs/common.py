@@ -1,0 +1,83 @@
+"""Pieces shared by the config files: every section with its defaults, the model sizes, and the
+shrink switch that makes any recipe run on a laptop CPU.
+
+A config file builds on ``defaults()`` so that every field of every section exists and can be
+overridden from the command line (``--config.rl.lr=1e-5``); ``pirl.cli`` turns the sections into
+frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from pirl import cli
+
+
+def _section(cls) -> ml_collections.ConfigDict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return ml_collections.ConfigDict(out)
+
+
+def defaults() -> ml_collections.ConfigDict:
+    """Every section of an experiment with its dataclass defaults."""
+    return ml_collections.ConfigDict({name: _section(cls) for name, cls in cli.SECTIONS.items()})
+
+
+def parse_arg(arg: str | None, allowed: dict[str, tuple]) -> dict[str, str | bool]:
+    """'suite=spatial,pi05,shrink' → {"suite": "spatial", "pi05": True, "shrink": True}; every key
+    must be in ``allowed`` (key → valid values, () for a flag or any value)."""
+    out: dict[str, str | bool] = {}
+    for part in filter(None, (arg or "").split(",")):
+        key, _, value = part.partition("=")
+        if key not in allowed:
+            raise ValueError(f"unknown config argument {key!r}; valid: {sorted(allowed)}")
+        if value and allowed[key] and value not in allowed[key]:
+            raise ValueError(f"config argument {key}={value!r} not in {allowed[key]}")
+        out[key] = value or True
+    return out
+
+
+def set_model(c: ml_collections.ConfigDict, pi05: bool) -> None:
+    """Full-size π0 / π0.5 (PaliGemma 2B + Gemma 300M expert, SigLIP So400m/14, 224² images)."""
+    c.model.pi05 = pi05
+    c.model.tokenizer = "paligemma"
+    if pi05:
+        # π0.5 reads the critic off the VLM's prefix outputs (value_after_vlm), with a wider MLP.
+        c.policy.value_source = "vlm" if c.policy.value_source != "none" else "none"
+        c.policy.value_hidden = (1024, 512, 256)
+
+
+def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The same recipe at laptop scale: tiny model (random init, embedded tokenizer, 28² images),
+    2 envs per worker on 2 workers, 64² renders, 20-step episodes, whole-rollout minibatches."""
+    c.model.update(
+        paligemma_variant="tiny",
+        action_expert_variant="tiny",
+        vision_variant="tiny/14",
+        image_size=28,
+        action_horizon=max(8, c.policy.num_action_chunks),
+        max_token_len=32,
+        vocab_size=1024,
+        dtype="float32",
+        remat=False,
+        checkpoint="",
+        tokenizer="embedded",
+    )
+    c.policy.value_hidden = (32, 32)
+    group = max(c.env.group_size, 1)
+    c.env.update(num_envs=max(4, 2 * group), num_workers=2, image_size=(64, 64), max_steps=20, num_trials=2)
+    c.env.num_stages = min(c.env.num_stages, 2)
+    c.train.update(rollout_epochs=1, iterations=2, save_every=1, eval_every=0, progress=False)
+    chunks = -(-c.env.max_steps // c.policy.num_action_chunks)
+    samples = c.env.num_envs * chunks
+    c.rl.update(minibatch_size=samples, micro_batch_size=samples, update_epochs=1)
+    c.eval.update(num_envs=4, num_workers=2, num_trials=1, max_steps=20)
+    c.mesh.update(data=-1, fsdp=1)
+    return c

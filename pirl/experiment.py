@@ -1,0 +1,299 @@
+"""What one experiment is made of, as frozen dataclasses, and how the pieces are built from them.
+
+A config file (configs/*.py) is an ml_collections ConfigDict with one section per dataclass here;
+``pirl.cli`` turns it into an ``Experiment`` so that nothing below ever sees a ConfigDict.
+
+Sections: model (architecture + where its weights, norm stats and tokenizer come from), env (which
+simulator, how many envs and workers), policy (``rl.flow.FlowPolicyConfig``), rl
+(``rl.update.UpdateConfig`` + advantage options), train (the loop: iterations, logging, saving),
+eval, sft, mesh.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from typing import Any
+
+from pirl import sharding
+from pirl.data import transforms
+from pirl.models import pi0
+from pirl.rl import flow
+from pirl.rl import update as upd
+
+SIMS = ("metaworld", "libero", "maniskill", "toy")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """π0 / π0.5 architecture and the origin of its weights.
+
+    checkpoint: openpi-layout directory (local, hf://, gs://) whose params are loaded; "" starts
+      from random weights (only sensible for tiny models). A pirl.sft output is such a directory.
+    asset_id: norm stats under <checkpoint>/assets/<asset_id>; "" takes the only one present.
+      Without a checkpoint the norm stats are the identity.
+    tokenizer: "paligemma" (downloaded once), "embedded" (built in-process, for small models), or
+      a SentencePiece .model path.
+    """
+
+    pi05: bool = False
+    paligemma_variant: str = "gemma_2b"
+    action_expert_variant: str = "gemma_300m"
+    vision_variant: str = "So400m/14"
+    image_size: int = 224
+    action_horizon: int = 50
+    max_token_len: int = 0  # 0: the model's default (48 π0, 200 π0.5)
+    vocab_size: int = 0  # 0: PaliGemma's
+    dtype: str = "bfloat16"
+    remat: bool = True
+    checkpoint: str = ""
+    asset_id: str = ""
+    tokenizer: str = "paligemma"
+
+    def pi0_config(self) -> pi0.Pi0Config:
+        kw: dict[str, Any] = dict(
+            pi05=self.pi05,
+            paligemma_variant=self.paligemma_variant,
+            action_expert_variant=self.action_expert_variant,
+            vision_variant=self.vision_variant,
+            image_size=self.image_size,
+            action_horizon=self.action_horizon,
+            dtype=self.dtype,
+            remat=self.remat,
+        )
+        if self.max_token_len:
+            kw["max_token_len"] = self.max_token_len
+        if self.vocab_size:
+            kw["vocab_size"] = self.vocab_size
+        return pi0.Pi0Config(**kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvSection:
+    """Which simulator and how the host pool runs it.
+
+    task: MetaWorld benchmark or task ("MT50", "ML45-train", "reach-v3"), LIBERO suite
+      ("libero_spatial", ..., "libero_130"), ManiSkill env id(s) comma-separated, or "" (toy).
+    num_envs: envs on this host; num_workers processes, num_envs / num_workers envs each.
+    num_stages: 2 overlaps inference for one half of the envs with stepping of the other.
+    group_size: GRPO's G: G consecutive envs start from the same init state.
+    tasks: restrict training to these task ids (empty: all).
+    """
+
+    sim: str = "metaworld"
+    task: str = "MT50"
+    num_envs: int = 8
+    num_workers: int = 2
+    num_stages: int = 1
+    auto_reset: bool = False
+    group_size: int = 1
+    max_steps: int = 100
+    num_trials: int = 10
+    image_size: tuple[int, int] = (224, 224)
+    render: bool = True
+    camera: str = ""  # MetaWorld/ManiSkill camera; "" the adapter's default
+    warmup_steps: int = 15
+    tasks: tuple[int, ...] = ()
+    gl: str = ""  # MUJOCO_GL for workers: "egl", "osmesa" or "" (leave as is)
+    seed: int = 0
+    timeout_s: float = 600.0
+
+    def __post_init__(self):
+        if self.sim not in SIMS:
+            raise ValueError(f"env.sim must be one of {SIMS}, got {self.sim!r}")
+        if self.num_envs % self.num_workers:
+            raise ValueError(f"env.num_envs={self.num_envs} is not a multiple of env.num_workers={self.num_workers}")
+        if self.num_envs % self.group_size:
+            raise ValueError(f"env.num_envs={self.num_envs} is not a multiple of env.group_size={self.group_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdvantageConfig:
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    normalize: bool = True  # PPO: (A − mean)/(std + 1e-5) over valid samples
+    filter_groups: bool = False  # GRPO: drop groups whose mean score is outside [low, high]
+    filter_low: float = 0.1
+    filter_high: float = 0.9
+    bootstrap: str = "truncated"  # auto-reset only: add γ·V(final obs) on "truncated" | "always" | "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSection:
+    """The outer loop.
+
+    rollout_epochs: rollouts (each one episode per env) collected per iteration before updating.
+    eval_every / save_every: in iterations; 0 turns it off (a final save always happens).
+    """
+
+    iterations: int = 1000
+    rollout_epochs: int = 1
+    seed: int = 0
+    eval_every: int = 0
+    save_every: int = 10
+    keep_checkpoints: int = 3
+    videos: bool = False
+    video_every: int = 0  # iterations between training videos (0: only eval videos)
+    tensorboard: bool = True
+    wandb_project: str = ""  # "" disables wandb
+    wandb_mode: str = "offline"
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSection:
+    """Deterministic evaluation: every (task, trial) pair, ODE sampling from fixed noise.
+
+    num_trials: init states per task; num_envs in parallel. replan: executed actions per chunk
+    (0 = the training chunk). max_steps 0 = the env section's. seed fixes the sampling noise.
+    """
+
+    num_envs: int = 8
+    num_workers: int = 2
+    num_trials: int = 10
+    tasks: tuple[int, ...] = ()
+    max_steps: int = 0
+    replan: int = 0
+    seed: int = 7
+    videos: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    model: ModelSpec
+    env: EnvSection
+    policy: flow.FlowPolicyConfig
+    rl: upd.UpdateConfig
+    advantage: AdvantageConfig
+    train: TrainSection
+    eval: EvalSection
+    mesh: sharding.MeshConfig
+
+    def __post_init__(self):
+        check(self)
+
+
+def check(exp: Experiment) -> None:
+    """Cross-section consistency, with the fields to change named."""
+    model = exp.model.pi0_config()
+    if exp.policy.num_action_chunks > model.action_horizon:
+        raise ValueError(
+            f"policy.num_action_chunks={exp.policy.num_action_chunks} exceeds model.action_horizon="
+            f"{model.action_horizon}"
+        )
+    if exp.rl.algorithm == "grpo" and exp.env.group_size < 2:
+        raise ValueError("GRPO needs env.group_size >= 2 (envs per group sharing an init state)")
+    if exp.rl.algorithm == "ppo" and exp.policy.value_source == "none":
+        raise ValueError("PPO needs a critic: set policy.value_source to 'expert' or 'vlm'")
+    n = rollout_samples(exp)
+    if n % exp.rl.minibatch_size:
+        raise ValueError(
+            f"a rollout holds {n} samples (train.rollout_epochs {exp.train.rollout_epochs} × env.num_envs "
+            f"{exp.env.num_envs} × {chunk_steps(exp)} chunk steps); rl.minibatch_size={exp.rl.minibatch_size} "
+            f"must divide it"
+        )
+
+
+def chunk_steps(exp: Experiment) -> int:
+    """Chunk steps per episode: ⌈max_steps / executed chunk⌉."""
+    return math.ceil(exp.env.max_steps / exp.policy.num_action_chunks)
+
+
+def rollout_samples(exp: Experiment) -> int:
+    return exp.train.rollout_epochs * exp.env.num_envs * chunk_steps(exp)
+
+
+def closest(name: str, valid) -> str:
+    """' (did you mean a, b?)' for a mistyped name, or ''."""
+    near = difflib.get_close_matches(name, list(valid), n=3, cutoff=0.5)
+    return f" (did you mean {', '.join(near)}?)" if near else ""
+
+
+# ---------------------------------------------------------------- builders
+
+
+def sim_factory(env: EnvSection, *, max_steps: int | None = None, num_trials: int | None = None):
+    """The pool factory (a picklable simulator config) for the env section."""
+    steps = max_steps or env.max_steps
+    trials = num_trials or env.num_trials
+    if env.sim == "metaworld":
+        from pirl.envs import metaworld
+
+        kw = dict(camera=env.camera) if env.camera else {}
+        return metaworld.MetaWorldConfig(
+            benchmark=env.task,
+            image_size=env.image_size,
+            render=env.render,
+            max_steps=steps,
+            num_trials=trials,
+            warmup_steps=env.warmup_steps,
+            seed=env.seed,
+            **kw,
+        )
+    if env.sim == "libero":
+        from pirl.envs import libero
+
+        return libero.LiberoConfig(
+            suite=env.task,
+            task_subset=None,
+            image_size=env.image_size,
+            render=env.render,
+            max_steps=steps,
+            warmup_steps=env.warmup_steps,
+            num_trials=trials,
+            seed=env.seed,
+        )
+    if env.sim == "maniskill":
+        from pirl.envs import maniskill
+
+        return maniskill.ManiSkillConfig(
+            tasks=tuple(t.strip() for t in env.task.split(",")),
+            image_size=env.image_size,
+            render=env.render,
+            camera=env.camera or None,
+            max_steps=steps,
+            num_trials=trials,
+            binarize_gripper=0.5,
+        )
+    from pirl.envs import toy
+
+    return toy.ToyConfig(num_trials=trials, max_steps=steps, image_size=env.image_size[0])
+
+
+def pool_config(env: EnvSection, *, num_envs: int | None = None, num_workers: int | None = None, seed: int = 0):
+    from pirl.envs import pool
+
+    return pool.PoolConfig(
+        num_workers=num_workers or env.num_workers,
+        envs_per_worker=(num_envs or env.num_envs) // (num_workers or env.num_workers),
+        auto_reset=env.auto_reset,
+        seed=seed,
+        num_stages=env.num_stages,
+        gl=env.gl or None,
+        timeout_s=env.timeout_s,
+    )
+
+
+def env_transform(exp: Experiment, camera_names: tuple[str, ...], env_action_dim: int) -> transforms.TransformConfig:
+    """Observation/action conventions between the pool's sims and the model.
+
+    The adapters already deliver upright images, so no orientation is applied here. Cameras fill
+    the model's slots in order (main → base, second → left wrist). π0 on LIBERO was trained on
+    delta actions for the 6 arm dims; π0.5 and the other sims use absolute actions.
+    """
+    model = exp.model.pi0_config()
+    slots = transforms.IMAGE_KEYS[: len(camera_names)]
+    delta = transforms.bool_mask(6, -1) if exp.env.sim == "libero" and not model.pi05 else ()
+    return transforms.TransformConfig(
+        cameras=tuple(zip(camera_names, slots, strict=True)),
+        env_action_dim=env_action_dim,
+        image_size=(model.image_size, model.image_size),
+        orientation="none",
+        norm="quantile" if model.pi05 else "zscore",
+        delta_action_mask=delta,
+        model_action_dim=model.action_dim,
+        action_chunk=exp.policy.num_action_chunks,
+        max_token_len=model.max_token_len,
+        discrete_state_input=model.discrete_state_input,
+    )
