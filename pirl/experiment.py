@@ -285,13 +285,19 @@ def sim_factory(
 def pool_config(env: EnvSection, *, num_envs: int | None = None, num_workers: int | None = None, seed: int = 0):
     from pirl.envs import pool
 
+    workers = num_workers or env.num_workers
+    per_worker = (num_envs or env.num_envs) // workers
+    gl = env.gl or None
+    if gl is None and env.render and env.sim in ("metaworld", "libero"):
+        # MuJoCo renders headless through EGL (fast) with one context per process, else OSMesa.
+        gl = "egl" if per_worker == 1 else "osmesa"
     return pool.PoolConfig(
-        num_workers=num_workers or env.num_workers,
-        envs_per_worker=(num_envs or env.num_envs) // (num_workers or env.num_workers),
+        num_workers=workers,
+        envs_per_worker=per_worker,
         auto_reset=env.auto_reset,
         seed=seed,
         num_stages=env.num_stages,
-        gl=env.gl or None,
+        gl=gl,
         timeout_s=env.timeout_s,
     )
 

@@ -32,13 +32,9 @@ from pirl.rl import flow
 
 
 def to_observation(inputs: Mapping) -> pi0.Observation:
-    """Model inputs (uint8 or float images) → pi0.Observation; uint8 maps to [-1, 1] on device."""
-    images = {
-        k: (v.astype(jnp.float32) / 255.0 * 2.0 - 1.0 if v.dtype == jnp.uint8 else v)
-        for k, v in inputs["images"].items()
-    }
+    """Model inputs → pi0.Observation (uint8 images stay uint8; the model maps them to [-1, 1])."""
     return pi0.Observation(
-        images=images,
+        images=dict(inputs["images"]),
         image_masks=dict(inputs["image_masks"]),
         state=inputs["state"],
         tokenized_prompt=inputs["tokenized_prompt"],
@@ -46,8 +42,8 @@ def to_observation(inputs: Mapping) -> pi0.Observation:
     )
 
 
-def _sample(policy, model, params, inputs, rng, train: bool):
-    return flow.sample(policy, model, params, to_observation(inputs), rng, train=train)
+def _sample(policy, model, params, obs, rng, train: bool):
+    return flow.sample(policy, model, params, obs, rng, train=train)
 
 
 def identity_norm_stats(state_dim: int, action_dim: int) -> dict[str, ns.NormStats]:
@@ -104,7 +100,7 @@ class Actor:
     def act(self, params, obs: base.BatchObs, rng: jax.Array, *, train: bool = True):
         """(device inputs [n], PolicySample [n], env actions [n, C, E] numpy) for n observations."""
         inputs, n = self._pad(self.inputs(obs))
-        dev = sharding.global_batch(self.mesh, inputs)
+        dev = to_observation(sharding.global_batch(self.mesh, inputs))
         out = self._sample[train](params, dev, rng)
         actions = sharding.local_rows(out.actions)[:n]
         env_actions = transforms.to_env_actions(self.transform, actions, obs.state, self.norm_stats)
