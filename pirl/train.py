@@ -138,6 +138,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     chunks = experiment.chunk_steps(exp)
     local_envs = exp.env.num_envs // jax.process_count()
 
+    sharding.check_batch_divisible(mesh, exp.rl.micro_batch_size, "rl.micro_batch_size")
     state = upd.init_train_state(exp.rl, setup.params)
     state_shardings = sharding.param_shardings(mesh, state, exp.mesh.fsdp_min_bytes)
     state = jax.device_put(state, state_shardings)
