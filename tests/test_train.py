@@ -4,6 +4,7 @@ bit in the final params; logs, checkpoints and the learning curve are written.""
 
 import json
 import math
+import time
 
 import jax
 import numpy as np
@@ -41,13 +42,27 @@ def _final_params(workdir, exp):
     return meta, state.params
 
 
+@pytest.fixture(autouse=True)
+def _compile_cache(tmp_path_factory):
+    """The three runs compile the same programs; a shared persistent cache compiles them once."""
+    old = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", old)
+
+
 @pytest.mark.slow
 def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    t0 = time.perf_counter()
     train.train(_experiment(2), resumed)
+    print(f"first run {time.perf_counter() - t0:.1f}s")
     assert [r["step"] for r in _rows(resumed)] == [1, 2]
     train.train(_experiment(4), resumed)
+    t0 = time.perf_counter()
     train.train(_experiment(4), straight)
+    print(f"4-iteration run {time.perf_counter() - t0:.1f}s")
 
     a, b = _rows(resumed), _rows(straight)
     assert [r["step"] for r in a] == [1, 2, 3, 4]
