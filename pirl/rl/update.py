@@ -265,10 +265,13 @@ def update(
         spec = PartitionSpec(None, None, sharding.BATCH_AXES)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
-    def layout(tree, perm):
-        """[N, ...] → [M, U, b, ...] in the order ``perm``."""
+    def layout(tree, perm=None):
+        """[N, ...] → [M, U, b, ...], in the order ``perm`` if given."""
         return jax.tree.map(
-            lambda x: constrain(x[perm].reshape(n_mb, n_micro, config.micro_batch_size, *x.shape[1:])), tree
+            lambda x: constrain(
+                (x if perm is None else x[perm]).reshape(n_mb, n_micro, config.micro_batch_size, *x.shape[1:])
+            ),
+            tree,
         )
 
     def minibatch_step(carry, xs):
@@ -294,7 +297,7 @@ def update(
 
     pre = None
     if config.recompute_logp and config.update_epochs * n_mb > 1:
-        pre = _recompute_old(policy, model_config, state.params, layout(batch, jnp.arange(n)))
+        pre = _recompute_old(policy, model_config, state.params, layout(batch))
         pre = jax.tree.map(lambda x: x.reshape(n, *x.shape[3:]), pre)
 
     def epoch(carry, xs):
