@@ -1,5 +1,6 @@
 """The jitted PPO update on the tiny π0: first-step ratio, frozen sets, NaN skipping, sharding."""
 
+import dataclasses
 import functools
 
 import jax
@@ -16,17 +17,22 @@ N = 32  # rollout samples: 2 minibatches of 16, each 2 micro-batches of 8 (one r
 MODEL = pi0.Pi0Config.tiny()
 LORA_MODEL = pi0.Pi0Config.tiny(paligemma_variant="tiny_lora", action_expert_variant="tiny_lora")
 POLICY = flow.FlowPolicyConfig(num_steps=4, num_action_chunks=3, action_env_dim=5, value_hidden=(16, 8))
+NOISE = dataclasses.replace(POLICY, noise_method="noise", joint_logprob=True)
 CONFIG = upd.UpdateConfig(
     trainable="expert_only", lr=1e-3, value_lr=1e-2, update_epochs=2, minibatch_size=16, micro_batch_size=8
 )
 
 
+def _rollout(policy=POLICY):
+    return _cached_rollout(policy)  # one cache key per policy, however it is called
+
+
 @functools.cache
-def _rollout():
+def _cached_rollout(policy):
     """Params and a batch from the model's own sampler, with made-up advantages and returns."""
-    params = {"model": pi0.init_params(MODEL, jax.random.key(0))} | flow.init_heads(POLICY, MODEL, jax.random.key(1))
+    params = {"model": pi0.init_params(MODEL, jax.random.key(0))} | flow.init_heads(policy, MODEL, jax.random.key(1))
     obs = pi0.fake_observation(MODEL, N, jax.random.key(2))
-    out = jax.jit(functools.partial(flow.sample, POLICY, MODEL))(params, obs, jax.random.key(3))
+    out = jax.jit(functools.partial(flow.sample, policy, MODEL))(params, obs, jax.random.key(3))
     adv = jax.random.normal(jax.random.key(4), (N,))
     batch = upd.Batch(
         obs=obs,
@@ -40,9 +46,13 @@ def _rollout():
     return params, batch
 
 
+def _plain_update(config=CONFIG, model=MODEL, policy=POLICY):
+    return _cached_update(config, model, policy)
+
+
 @functools.cache
-def _plain_update(config=CONFIG, model=MODEL):
-    return jax.jit(functools.partial(upd.update, POLICY, model, config))
+def _cached_update(config, model, policy):
+    return jax.jit(functools.partial(upd.update, policy, model, config))
 
 
 def _bits(x):
@@ -64,21 +74,41 @@ def _frozen_unchanged_trainable_moved(config, before, after):
     return moved, len(old) - n_frozen
 
 
-def test_first_minibatch_ratio_one_then_learning_and_frozen_bitwise():
-    params, batch = _rollout()
-    state = upd.init_train_state(CONFIG, params)
-    new, m = _plain_update()(state, batch, jax.random.key(5))
+@pytest.mark.parametrize(
+    ("policy", "trainable"),
+    # Both re-scoring paths (one expert pass / K of them) and both kinds of trainable set; the
+    # exactness does not depend on the pairing, so the fourth pairing would only add a compile.
+    [(POLICY, "expert_only"), (NOISE, "expert_only"), (NOISE, "full")],
+    ids=["sde-expert_only", "noise_joint-expert_only", "noise_joint-full"],
+)
+def test_first_minibatch_ratio_exactly_one_then_learning_and_frozen_bitwise(policy, trainable):
+    params, batch = _rollout(policy)
+    config = dataclasses.replace(CONFIG, trainable=trainable)
+    state = upd.init_train_state(config, params)
+    new, m = _plain_update(config, MODEL, policy)(state, batch, jax.random.key(5))
     m = jax.tree.map(np.asarray, m)
     assert m["ratio"].shape == (2, 2)  # epochs × minibatches
-    # Same params as the rollout: the ratio is 1 up to float32 rounding between the separately
-    # compiled sampler and update programs (~1 ulp of a log-prob of magnitude ~10).
-    assert abs(m["ratio"][0, 0] - 1.0) < 1e-5 and abs(m["approx_kl"][0, 0]) < 1e-6
-    assert m["clip_fraction"][0, 0] == 0.0
+    # Params are θ_old on the first step and θ_old's log-probs come from that step's own forward:
+    # log r = 0 exactly, so r = exp(0) = 1, the valid mean of ones is 1, and nothing is clipped.
+    assert m["ratio"][0, 0] == 1.0 and m["approx_kl"][0, 0] == 0.0
+    assert m["clip_fraction"][0, 0] == 0.0 and m["value_clip_ratio"][0, 0] == 0.0
+    # The sampler is a separately compiled program: its log-probs agree up to float rounding.
+    assert np.all(m["logp_recompute_diff"] < 1e-4)
     # After optimizer steps the policy has moved.
-    assert abs(m["approx_kl"][1, 1]) > 1e-4
+    assert abs(m["approx_kl"][1, 1]) > 1e-4 and abs(m["ratio"][1, 1] - 1.0) > 1e-4
     assert np.all(m["skipped"] == 0) and int(new.skipped) == 0 and int(new.step) == 1
-    moved, n_train = _frozen_unchanged_trainable_moved(CONFIG, params, new.params)
-    assert moved == n_train, f"only {moved}/{n_train} trainable leaves changed"
+    if trainable == "full":  # nothing frozen: the VLM trains along with the expert and the heads
+        attn = ("model", "PaliGemma", "llm", "layers", "attn")
+        for path in ((*attn, "q_einsum", "w"), (*attn, "q_einsum_1", "w"), ("value_head", "out", "kernel")):
+            before, after = functools.reduce(lambda t, k: (t[0][k], t[1][k]), path, (params, new.params))
+            assert not np.array_equal(_bits(before), _bits(after)), f"{path} did not move"
+    else:
+        moved, n_train = _frozen_unchanged_trainable_moved(config, params, new.params)
+        assert moved == n_train, f"only {moved}/{n_train} trainable leaves changed"
+
+
+def test_expert_only_labels():
+    params, _ = _rollout()
     # The VLM is frozen under expert_only but the expert's layers and the heads are not.
     labels = upd.param_labels("expert_only", params)
     assert labels["model"]["PaliGemma"]["llm"]["layers"]["attn"]["q_einsum"]["w"] == "frozen"
@@ -86,6 +116,46 @@ def test_first_minibatch_ratio_one_then_learning_and_frozen_bitwise():
     assert labels["model"]["PaliGemma"]["img"]["head"]["kernel"] == "frozen"
     assert labels["model"]["state_proj"]["kernel"] == "policy"
     assert labels["value_head"]["out"]["kernel"] == "value"
+
+
+def test_recompute_ignores_rollout_logp_and_value_but_reports_their_mismatch():
+    params, batch = _rollout()
+    state = upd.init_train_state(CONFIG, params)
+    ref, ref_m = _plain_update()(state, batch, jax.random.key(5))
+    # Shift the rollout's log-probs of valid samples by 0.5 (and one masked sample, weight 0, by
+    # 5.0) and its values by 1.0: the recomputed update never reads them for its loss, so it is
+    # bitwise the same; only the mismatch metric sees the shift, max |Δ| = 0.5 (+ ~1e-6 rounding).
+    shift = jnp.full((N,), 0.5).at[0].set(5.0)
+    shifted = batch.replace(logp_old=batch.logp_old + shift, value_old=batch.value_old + 1.0)
+    out, m = _plain_update()(state, shifted, jax.random.key(5))
+    for a, b in zip(jax.tree.leaves(ref.params), jax.tree.leaves(out.params), strict=True):
+        assert np.array_equal(_bits(a), _bits(b))
+    for k in ("loss", "ratio", "approx_kl", "value_loss", "value_clip_ratio"):
+        np.testing.assert_array_equal(np.asarray(ref_m[k]), np.asarray(m[k]))
+    np.testing.assert_allclose(np.asarray(m["logp_recompute_diff"]), 0.5, atol=1e-4)
+
+
+def test_rollout_logp_without_recompute():
+    params, batch = _rollout()
+    config = dataclasses.replace(CONFIG, recompute_logp=False)
+    state = upd.init_train_state(config, params)
+    new, m = _plain_update(config)(state, batch, jax.random.key(5))
+    m = jax.tree.map(np.asarray, m)
+    # The rollout's own log-probs: the first ratio is 1 up to float32 rounding between the
+    # separately compiled sampler and update programs (~1 ulp of a log-prob of magnitude ~10).
+    assert abs(m["ratio"][0, 0] - 1.0) < 1e-5 and abs(m["approx_kl"][0, 0]) < 1e-6
+    assert m["clip_fraction"][0, 0] == 0.0
+    assert abs(m["approx_kl"][1, 1]) > 1e-4 and int(new.skipped) == 0
+    # Only the first step measures the mismatch; |mean Δ| ≤ max |Δ|, and every entry repeats it.
+    d = m["logp_recompute_diff"]
+    assert np.all(d == d[0, 0]) and abs(m["approx_kl"][0, 0]) <= d[0, 0] < 1e-4
+    # Here the rollout's values and log-probs are what the loss uses: shifting them by 0.5 turns
+    # the first ratio into exp(−0.5) = 0.6065307 (below 1 − ε = 0.8, so every entry is clipped
+    # where A < 0 and the mismatch metric reads 0.5).
+    shifted = batch.replace(logp_old=batch.logp_old + 0.5)
+    _, m2 = _plain_update(config)(state, shifted, jax.random.key(5))
+    np.testing.assert_allclose(np.asarray(m2["ratio"])[0, 0], 0.6065307, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(m2["logp_recompute_diff"]), 0.5, atol=1e-4)
 
 
 def test_non_finite_updates_are_skipped_and_counted():
@@ -150,6 +220,8 @@ def test_sharded_update_matches_unsharded():
     batch_d = jax.device_put(batch, sharding.batch_sharding(mesh))
     out, m = step(state_d, batch_d, jax.random.key(5))
     assert state_d.params["value_head"]["out"]["kernel"].is_deleted()  # the state was donated
+    # The exact first ratio holds on the mesh too: it never depends on how a sum is ordered.
+    assert float(m["ratio"][0, 0]) == 1.0 and float(m["approx_kl"][0, 0]) == 0.0
     # Sharded reductions sum in another order; Adam divides by √v, so an element whose gradient is
     # ~0 can turn a 1e-7 difference into a sizable fraction of one step (≤ lr = 1e-3). Bound every
     # element by 10 % of one step and the mean by 1e-7.

@@ -27,6 +27,11 @@ def valid_mean(x: Float[Array, "N ..."], weights: Float[Array, " N"]) -> Float[A
     return (x * m).sum() / jnp.maximum(m.sum(), 1.0)
 
 
+def valid_max_abs(x: Float[Array, "N ..."], weights: Float[Array, " N"]) -> Float[Array, ""]:
+    """Largest |x| over the entries whose sample weight is positive (0 if there are none)."""
+    return jnp.max(jnp.where(_expand(weights > 0, x), jnp.abs(x), 0.0), initial=0.0)
+
+
 def policy_loss(
     logp: Float[Array, "N ..."],
     logp_old: Float[Array, "N ..."],
@@ -40,7 +45,17 @@ def policy_loss(
     """
     if logp.shape != logp_old.shape:
         raise ValueError(f"logp {logp.shape} and logp_old {logp_old.shape} differ in shape")
-    log_ratio = logp - logp_old
+    return clipped_surrogate(logp - logp_old, advantages, weights, clip_eps)
+
+
+def clipped_surrogate(
+    log_ratio: Float[Array, "N ..."],
+    advantages: Float[Array, " N"],
+    weights: Float[Array, " N"],
+    clip_eps: float = 0.2,
+) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
+    """``policy_loss`` from log r = logp − logp_old, for callers that build log r themselves
+    (e.g. as logp − stop_gradient(logp), which is exactly 0 yet carries ∇logp)."""
     ratio = jnp.exp(log_ratio)
     adv = _expand(advantages, ratio)
     unclipped = -adv * ratio

@@ -13,6 +13,21 @@ Trainable sets (on param paths, see ``critic`` for the layout):
 Frozen leaves are never differentiated, have no optimizer state, and are passed through untouched,
 so they stay bitwise equal.
 
+Old log-probs (``recompute_logp``, on by default). The rollout's ``logp_old`` comes from the
+sampler, a different compiled program: under the same params it differs from the update's own
+re-scoring by float rounding (~1e-6 on CPU, more with another inference precision), so the first
+ratio would not be 1. With ``recompute_logp`` the update takes θ_old's log-probs (and values) from
+inside its own program instead:
+  epoch 0, minibatch 0  params are θ_old by definition, so the step's own forward IS θ_old's:
+                        log r = logp − stop_gradient(logp), exactly 0 with gradient ∇logp;
+  every other step      a forward-only pass over the rollout under the incoming params, run
+                        before the first step (skipped when there is one step in all).
+Matching a separate pass bit for bit would depend on XLA's fusion and micro-batch layout; the
+stop_gradient form is exact whatever the compiler does. The values are recomputed the same way, for
+value clipping only: its trust region is around the critic the update starts from, while returns
+and advantages keep the rollout's values they were computed with. ``logp_recompute_diff`` logs
+max |θ_old log-prob − rollout log-prob| so a sampler/trainer mismatch stays visible.
+
 Axis letters: N rollout samples, E epochs, M minibatches, U micro-batches per minibatch, b micro
 batch size.
 """
@@ -57,6 +72,7 @@ class UpdateConfig:
     value_coef: float = 1.0
     entropy_bonus: float = 0.0
     shuffle: bool = True
+    recompute_logp: bool = True  # θ_old log-probs/values from the update's own program (module doc)
 
     def __post_init__(self):
         if self.algorithm not in ("ppo", "grpo"):
@@ -163,14 +179,44 @@ def init_train_state(config: UpdateConfig, params) -> TrainState:
 # ---------------------------------------------------------------- the update
 
 
-def _loss(policy: flow.FlowPolicyConfig, model_config, config: UpdateConfig, train, frozen, mb: Batch):
+def _loss(
+    policy: flow.FlowPolicyConfig,
+    model_config,
+    config: UpdateConfig,
+    train,
+    frozen,
+    mb: Batch,
+    first: bool | Array = False,
+    pre: tuple[Array, Array] | None = None,
+):
+    """Loss and metrics of one micro-batch.
+
+    ``first``: params are still θ_old (epoch 0, minibatch 0). ``pre``: θ_old's (log-prob, value)
+    from the update's forward-only pass; with ``recompute_logp`` they stand in for the rollout's
+    ``mb.logp_old`` / ``mb.value_old`` (which are used if ``pre`` is None).
+    """
     params = merge_params(train, frozen)
     logp, entropy, value = flow.score(
         policy, model_config, params, mb.obs, mb.transitions, prefix_grad=config.trainable != "expert_only"
     )
-    total, metrics = losses.policy_loss(logp, mb.logp_old, mb.advantages, mb.weights, config.clip_eps)
+    if logp.shape != mb.logp_old.shape:
+        raise ValueError(f"logp {logp.shape} and logp_old {mb.logp_old.shape} differ in shape")
+    if config.recompute_logp:
+        pre_logp, pre_value = pre if pre is not None else (mb.logp_old, mb.value_old)
+        # Both branches have derivative 1 in logp; the first is 0 by IEEE subtraction of a value
+        # from itself, not by two programs happening to round alike.
+        log_ratio = jnp.where(first, logp - jax.lax.stop_gradient(logp), logp - pre_logp)
+        logp_theta_old = jnp.where(first, jax.lax.stop_gradient(logp), pre_logp)
+        value_old = jnp.where(first, jax.lax.stop_gradient(value), pre_value)
+    else:
+        log_ratio = logp - mb.logp_old
+        # Only meaningful on the first step (params = θ_old); ``update`` reports it from there.
+        logp_theta_old = jax.lax.stop_gradient(logp)
+        value_old = mb.value_old
+    total, metrics = losses.clipped_surrogate(log_ratio, mb.advantages, mb.weights, config.clip_eps)
+    metrics["logp_recompute_diff"] = losses.valid_max_abs(logp_theta_old - mb.logp_old, mb.weights)
     if config.algorithm == "ppo":
-        vl, vm = losses.value_loss(value, mb.value_old, mb.returns, mb.weights, config.value_clip, config.huber_delta)
+        vl, vm = losses.value_loss(value, value_old, mb.returns, mb.weights, config.value_clip, config.huber_delta)
         total = total + config.value_coef * vl
         metrics |= vm
     ent_loss, em = losses.entropy_bonus(entropy, mb.weights, config.entropy_bonus)
@@ -196,7 +242,11 @@ def update(
 ) -> tuple[TrainState, dict[str, Float[Array, "E M"]]]:
     """Runs all epochs × minibatches × micro-batches; returns the new state and per-minibatch
     metrics (policy/value losses, approx_kl, clip_fraction, ratio, value_clip_ratio,
-    explained_variance, entropy, grad_norm, skipped)."""
+    explained_variance, entropy, grad_norm, skipped, logp_recompute_diff).
+
+    ``logp_recompute_diff`` is the max |θ_old log-prob − rollout log-prob| over the minibatch's
+    valid samples; without ``recompute_logp`` only the first step knows θ_old's log-probs, so every
+    entry repeats that step's value."""
     n = batch.weights.shape[0]
     if n % config.minibatch_size:
         raise ValueError(f"rollout of {n} samples is not a multiple of minibatch_size {config.minibatch_size}")
@@ -215,17 +265,28 @@ def update(
         spec = PartitionSpec(None, None, sharding.BATCH_AXES)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
-    def minibatch_step(carry, mbs):
-        tr, opt_state, skipped = carry
+    def layout(tree, perm=None):
+        """[N, ...] → [M, U, b, ...], in the order ``perm`` if given."""
+        return jax.tree.map(
+            lambda x: constrain(
+                (x if perm is None else x[perm]).reshape(n_mb, n_micro, config.micro_batch_size, *x.shape[1:])
+            ),
+            tree,
+        )
 
-        def micro_step(acc, mb):
-            (_, metrics), grads = grad_fn(tr, frozen, mb)
+    def minibatch_step(carry, xs):
+        tr, opt_state, skipped = carry
+        (mbs, pres), first = xs
+
+        def micro_step(acc, xs):
+            mb, pre_mb = xs
+            (_, metrics), grads = grad_fn(tr, frozen, mb, first, pre_mb)
             return jax.tree.map(jnp.add, acc, grads), metrics
 
         zeros = jax.tree.map(jnp.zeros_like, tr)
-        grads, metrics = jax.lax.scan(micro_step, zeros, mbs)
+        grads, metrics = jax.lax.scan(micro_step, zeros, (mbs, pres))
         grads = jax.tree.map(lambda g: g / n_micro, grads)
-        metrics = jax.tree.map(lambda m: m.mean(axis=0), metrics)
+        metrics = {k: m.max(axis=0) if k in _MAX_METRICS else m.mean(axis=0) for k, m in metrics.items()}
         grad_norm = optax.tree.norm(grads)
         updates, new_opt = tx.update(grads, opt_state, tr)
         new_tr = optax.apply_updates(tr, updates)
@@ -234,20 +295,42 @@ def update(
         carry = (_where_tree(ok, new_tr, tr), _where_tree(ok, new_opt, opt_state), skipped + (~ok))
         return carry, metrics
 
-    def epoch(carry, key):
+    pre = None
+    if config.recompute_logp and config.update_epochs * n_mb > 1:
+        pre = _recompute_old(policy, model_config, state.params, layout(batch))
+        pre = jax.tree.map(lambda x: x.reshape(n, *x.shape[3:]), pre)
+
+    def epoch(carry, xs):
+        key, e = xs
         perm = jax.random.permutation(key, n) if config.shuffle else jnp.arange(n)
-        shaped = jax.tree.map(
-            lambda x: constrain(x[perm].reshape(n_mb, n_micro, config.micro_batch_size, *x.shape[1:])), batch
-        )
-        return jax.lax.scan(minibatch_step, carry, shaped)
+        first = (e == 0) & (jnp.arange(n_mb) == 0)
+        return jax.lax.scan(minibatch_step, carry, (layout((batch, pre), perm), first))
 
     carry = (train, state.opt_state, state.skipped)
-    carry, metrics = jax.lax.scan(epoch, carry, jax.random.split(rng, config.update_epochs))
+    keys = jax.random.split(rng, config.update_epochs)
+    carry, metrics = jax.lax.scan(epoch, carry, (keys, jnp.arange(config.update_epochs)))
+    if not config.recompute_logp:
+        d = metrics["logp_recompute_diff"]
+        metrics["logp_recompute_diff"] = jnp.broadcast_to(d[0, 0], d.shape)
     new_train, opt_state, skipped = carry
     new_state = TrainState(
         step=state.step + 1, params=merge_params(new_train, frozen), opt_state=opt_state, skipped=skipped
     )
     return new_state, metrics
+
+
+_MAX_METRICS = ("logp_recompute_diff",)
+
+
+def _recompute_old(policy: flow.FlowPolicyConfig, model_config, params, shaped: Batch) -> tuple[Array, Array]:
+    """θ_old's (log-prob, value) of every sample, forward only, micro-batch by micro-batch:
+    ([M, U, b, ...], [M, U, b])."""
+
+    def one(mb: Batch):
+        logp, _, value = flow.score(policy, model_config, params, mb.obs, mb.transitions, prefix_grad=False)
+        return logp, value
+
+    return jax.lax.map(lambda mbs: jax.lax.map(one, mbs), shaped)
 
 
 def jit_update(
