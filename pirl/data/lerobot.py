@@ -166,6 +166,8 @@ def load(
         table = pq.read_table(path)
         if absent := [c for c in columns if c not in table.column_names]:
             raise KeyError(f"{path}: no column {absent[0]!r} (columns: {table.column_names})")
+        if "frame_index" in table.column_names:
+            table = table.take(np.argsort(table.column("frame_index").to_numpy(), kind="stable"))
         data = {c: table.column(c).to_pylist() for c in columns}
         if "task_index" in table.column_names:
             instruction = tasks.get(table.column("task_index")[0].as_py(), "")
