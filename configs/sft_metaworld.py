@@ -39,6 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         common.shrink(c)
         # Scripted experts need more than shrink's 20 steps; reach is the quickest task to demo.
         c.env.update(task=args.get("task", "reach-v3"), max_steps=100)
+        if pi05:  # room for the binned state in π0.5's prompt
+            c.model.max_token_len = 64
         c.sft.update(num_demos=4, holdout_demos=1, steps=100, batch_size=16, lr=1e-3, warmup_steps=10, log_every=20)
     _fit_minibatch(c)
     return c

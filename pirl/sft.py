@@ -373,7 +373,8 @@ def save(out_dir: str | pathlib.Path, result: FitResult, asset_id: str) -> pathl
     if (out / "params").exists():
         raise FileExistsError(f"{out / 'params'} already exists: choose an empty output directory")
     checkpoints.save_openpi(out, result.params, norm_stats=result.norm_stats, asset_id=asset_id)
-    (out / METRICS_FILE).write_text("".join(json.dumps(row) + "\n" for row in result.history))
+    if jax.process_index() == 0:
+        (out / METRICS_FILE).write_text("".join(json.dumps(row) + "\n" for row in result.history))
     return out
 
 
@@ -404,17 +405,22 @@ def run(
 # ---------------------------------------------------------------- command line
 
 
+_COLUMNS = (  # (history key, header, width, format)
+    ("loss", "loss", 9, ".4f"),
+    ("heldout_loss", "heldout", 9, ".4f"),
+    ("heldout_action_loss", "heldout_act", 12, ".4f"),
+    ("grad_norm", "grad_norm", 10, ".3f"),
+    ("lr", "lr", 9, ".2e"),
+    ("s_per_step", "s/step", 8, ".3f"),
+)
+TABLE_HEADER = " ".join([f"{'step':>7}"] + [f"{head:>{width}}" for _, head, width, _ in _COLUMNS])
+
+
 def format_row(row: dict) -> str:
     """One line of the loss table (blank where a row has no value)."""
     cells = [f"{row['step']:>7d}"]
-    for key, width, fmt in (("loss", 10, ".4f"), ("heldout_loss", 13, ".4f"), ("grad_norm", 10, ".3f")):
-        cells.append(f"{row[key]:>{width}{fmt}}" if key in row else " " * width)
-    cells.append(f"{row['lr']:>10.2e}" if "lr" in row else " " * 10)
-    cells.append(f"{row['s_per_step']:>9.3f}" if "s_per_step" in row else "")
+    cells += [f"{row[key]:>{width}{fmt}}" if key in row else " " * width for key, _, width, fmt in _COLUMNS]
     return " ".join(cells)
-
-
-TABLE_HEADER = f"{'step':>7} {'loss':>10} {'heldout_loss':>13} {'grad_norm':>10} {'lr':>10} {'s/step':>9}"
 
 
 def main(argv: list[str]) -> None:
@@ -423,7 +429,10 @@ def main(argv: list[str]) -> None:
     from pirl import cli
 
     del argv
-    exp, extra = cli.to_experiment(flags.FLAGS.config, extra={"sft": SFTSection})
+    try:
+        exp, extra = cli.to_experiment(flags.FLAGS.config, extra={"sft": SFTSection})
+    except cli.ConfigError as e:
+        raise SystemExit(f"error: {e}") from None
     sft = extra["sft"]
     print(TABLE_HEADER, flush=True)
     out = run(exp, sft, flags.FLAGS.workdir, log=lambda row: print(format_row(row), flush=True))
