@@ -112,7 +112,9 @@ class Evaluator:
             recorder = video.VideoRecorder(video_dir, camera=self.spec.cameras[0].name)
 
         def on_frame(obs, res, t):
-            recorder.add(obs, success=None if res is None else res.success_once, envs=range(min(4, len(obs.state))))
+            # Always two caption lines, so every frame of a video has the same height.
+            success = np.zeros(len(obs.state), bool) if res is None else res.success_once
+            recorder.add(obs, success=success, envs=range(min(4, len(obs.state))))
 
         episodes = rollout.run_episodes(
             self.pool,

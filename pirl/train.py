@@ -175,6 +175,13 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
 
         bar = tqdm(total=exp.train.iterations, initial=start, desc="train", dynamic_ncols=True)
     try:
+        if exp.train.eval_every and start == 0:
+            # The starting policy's score: the "before" of the learning curve.
+            evaluator = eval_lib.Evaluator(setup, exp.eval, exp.env)
+            t1 = time.perf_counter()
+            res = evaluator.run(state.params, _video_dir(exp, workdir, 0, "eval"))
+            writer.write(0, eval_lib.flat_metrics(res) | {"time/eval_s": time.perf_counter() - t1})
+            print(f"eval before training: success {res['success']:.3f}")
         while it < exp.train.iterations:
             t_iter = time.perf_counter()
             rng = jax.random.fold_in(key, it)
