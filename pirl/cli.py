@@ -87,7 +87,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         bad = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
-        msg = str(e).replace("\\n", " ").replace("\n", " ").strip("'\" ")
+        msg = str(e).replace("\\n", " ").replace("\n", " ").replace("\\'", "'").strip("'\" ").replace("' Did", "': did")
         print(f"error: bad config override among {bad}: {msg}", file=sys.stderr)
         sys.exit(2)
 

@@ -45,6 +45,7 @@ class ModelSpec:
     action_horizon: int = 50
     max_token_len: int = 0  # 0: the model's default (48 π0, 200 π0.5)
     vocab_size: int = 0  # 0: PaliGemma's
+    action_dim: int = 32  # padded state/action width; small models may use the env's own
     dtype: str = "bfloat16"
     remat: bool = True
     checkpoint: str = ""
@@ -59,6 +60,7 @@ class ModelSpec:
             vision_variant=self.vision_variant,
             image_size=self.image_size,
             action_horizon=self.action_horizon,
+            action_dim=self.action_dim,
             dtype=self.dtype,
             remat=self.remat,
         )
