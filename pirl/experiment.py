@@ -153,10 +153,27 @@ class EvalSection:
     num_workers: int = 2
     num_trials: int = 10
     tasks: tuple[int, ...] = ()
-    max_steps: int = 0
+    max_steps: int = 0  # −1: the simulator's own per-task limit (LIBERO's per-suite steps)
+    warmup_steps: int = -1  # −1: the env section's
     replan: int = 0
     seed: int = 7
     videos: bool = False
+    protocol: str = ""  # "openpi_libero": replan 5, 10 warm-up no-ops, per-suite max steps, 50 trials, seed 7
+
+    def __post_init__(self):
+        if self.protocol not in ("", "openpi_libero"):
+            raise ValueError(f"eval.protocol must be '' or 'openpi_libero', got {self.protocol!r}")
+        if self.protocol == "openpi_libero":
+            for name, value in (
+                ("replan", 5),
+                ("warmup_steps", 10),
+                ("max_steps", -1),
+                ("num_trials", 50),
+                ("seed", 7),
+            ):
+                object.__setattr__(self, name, value)
+        if self.num_envs % self.num_workers:
+            raise ValueError(f"eval.num_envs={self.num_envs} is not a multiple of eval.num_workers={self.num_workers}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,10 +230,14 @@ def closest(name: str, valid) -> str:
 # ---------------------------------------------------------------- builders
 
 
-def sim_factory(env: EnvSection, *, max_steps: int | None = None, num_trials: int | None = None):
-    """The pool factory (a picklable simulator config) for the env section."""
+def sim_factory(
+    env: EnvSection, *, max_steps: int | None = None, num_trials: int | None = None, warmup_steps: int | None = None
+):
+    """The pool factory (a picklable simulator config) for the env section; ``max_steps`` −1 keeps
+    the simulator's own limit where it has one (LIBERO)."""
     steps = max_steps or env.max_steps
     trials = num_trials or env.num_trials
+    warmup = env.warmup_steps if warmup_steps is None or warmup_steps < 0 else warmup_steps
     if env.sim == "metaworld":
         from pirl.envs import metaworld
 
@@ -227,7 +248,7 @@ def sim_factory(env: EnvSection, *, max_steps: int | None = None, num_trials: in
             render=env.render,
             max_steps=steps,
             num_trials=trials,
-            warmup_steps=env.warmup_steps,
+            warmup_steps=warmup,
             seed=env.seed,
             **kw,
         )
@@ -239,8 +260,8 @@ def sim_factory(env: EnvSection, *, max_steps: int | None = None, num_trials: in
             task_subset=None,
             image_size=env.image_size,
             render=env.render,
-            max_steps=steps,
-            warmup_steps=env.warmup_steps,
+            max_steps=None if steps < 0 else steps,
+            warmup_steps=warmup,
             num_trials=trials,
             seed=env.seed,
         )
@@ -264,13 +285,19 @@ def sim_factory(env: EnvSection, *, max_steps: int | None = None, num_trials: in
 def pool_config(env: EnvSection, *, num_envs: int | None = None, num_workers: int | None = None, seed: int = 0):
     from pirl.envs import pool
 
+    workers = num_workers or env.num_workers
+    per_worker = (num_envs or env.num_envs) // workers
+    gl = env.gl or None
+    if gl is None and env.render and env.sim in ("metaworld", "libero"):
+        # MuJoCo renders headless through EGL (fast) with one context per process, else OSMesa.
+        gl = "egl" if per_worker == 1 else "osmesa"
     return pool.PoolConfig(
-        num_workers=num_workers or env.num_workers,
-        envs_per_worker=(num_envs or env.num_envs) // (num_workers or env.num_workers),
+        num_workers=workers,
+        envs_per_worker=per_worker,
         auto_reset=env.auto_reset,
         seed=seed,
         num_stages=env.num_stages,
-        gl=env.gl or None,
+        gl=gl,
         timeout_s=env.timeout_s,
     )
 
@@ -297,3 +324,14 @@ def env_transform(exp: Experiment, camera_names: tuple[str, ...], env_action_dim
         max_token_len=model.max_token_len,
         discrete_state_input=model.discrete_state_input,
     )
+
+
+def task_names(factory) -> list[str]:
+    """A short name per task id of a simulator config (for per-task metrics and tables)."""
+    if hasattr(factory, "task_names"):  # MetaWorld
+        return list(factory.task_names())
+    if hasattr(factory, "tasks") and callable(factory.tasks):  # LIBERO: (suite, index)
+        return [f"{suite}/{idx}" for suite, idx in factory.tasks()]
+    if hasattr(factory, "tasks"):  # ManiSkill env ids
+        return list(factory.tasks)
+    return [str(t) for t in range(factory.spec().num_tasks)]

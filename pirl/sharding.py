@@ -132,3 +132,22 @@ def global_batch(mesh: Mesh, local_tree):
         return jax.make_array_from_process_local_data(sharding, x, global_shape)
 
     return jax.tree.map(one, local_tree)
+
+
+def local_rows(x: jax.Array) -> np.ndarray:
+    """This host's rows of a batch-sharded global array, in order (the inverse of global_batch)."""
+    if jax.process_count() == 1:
+        return np.asarray(jax.device_get(x))
+    shards = {}
+    for s in x.addressable_shards:
+        start = s.index[0].start or 0
+        shards.setdefault(start, np.asarray(s.data))
+    return np.concatenate([shards[k] for k in sorted(shards)])
+
+
+def host_to_global(mesh: Mesh, x: np.ndarray, axis: int = 0) -> jax.Array:
+    """A host array whose ``axis`` holds this host's envs → a global array (envs of all hosts)."""
+    if jax.process_count() == 1:
+        return jax.numpy.asarray(x)
+    moved = np.moveaxis(np.asarray(x), axis, 0)
+    return jax.numpy.moveaxis(global_batch(mesh, np.ascontiguousarray(moved)), 0, axis)

@@ -159,11 +159,15 @@ def make_model_inputs(
     prompts: Sequence[str],
     norm_stats: Mapping[str, ns.NormStats],
     tokenizer: Tokenizer,
+    *,
+    uint8_images: bool = False,
 ) -> dict:
     """A batch of raw env observations → the model's input batch (pirl.models.pi0.Observation's fields).
 
     Returns {"images": {slot: f32[B, h, w, 3] in [-1, 1]}, "image_masks": {slot: bool[B]},
     "state": f32[B, A], "tokenized_prompt": i32[B, L], "tokenized_prompt_mask": bool[B, L]}.
+    ``uint8_images`` keeps the resized frames as uint8 (4× smaller, for rollout buffers); the
+    device side maps them to [-1, 1] with the same x / 255 · 2 − 1 (``images.to_float``).
     """
     state = np.asarray(state, np.float32)
     if state.ndim != 2 or len(prompts) != state.shape[0]:
@@ -181,11 +185,16 @@ def make_model_inputs(
             frames = np.asarray(images[cam])
             if frames.shape[0] != batch:
                 raise ValueError(f"camera {cam!r} has batch {frames.shape[0]}, state has {batch}")
-            out_images[slot] = img.to_float(img.resize_with_pad(orient(frames), height, width))
+            resized = img.resize_with_pad(orient(frames), height, width)
+            out_images[slot] = resized if uint8_images else img.to_float(resized)
             masks[slot] = np.ones(batch, bool)
         else:
             # Black in uint8 is -1 after scaling, as openpi feeds missing cameras; masked anyway.
-            out_images[slot] = np.full((batch, height, width, 3), -1.0, np.float32)
+            out_images[slot] = (
+                np.zeros((batch, height, width, 3), np.uint8)
+                if uint8_images
+                else np.full((batch, height, width, 3), -1.0, np.float32)
+            )
             masks[slot] = np.zeros(batch, bool)
     normed = ns.normalize(state, _stats(norm_stats, "state"), cfg.norm)
     # π0.5's prompt bins the normalized state before it is padded.

@@ -113,7 +113,7 @@ class Pi0Config:
 class Observation:
     """The model's input batch (after the data transforms).
 
-    images: per camera key, float32 [B, I, I, 3] in [-1, 1]; image_masks: per key, bool [B]
+    images: per camera key, float32 [B, I, I, 3] in [-1, 1] (or uint8 [0, 255]); image_masks: per key, bool [B]
     (False = camera absent; its pixels are ignored); state: float32 [B, A] (normalized, padded);
     tokenized_prompt: int32 [B, Lp], right-padded; tokenized_prompt_mask: bool [B, Lp].
     """
@@ -252,6 +252,11 @@ def _check_observation(config: Pi0Config, obs: Observation) -> None:
         raise ValueError(f"state has shape {obs.state.shape}; expected [B, {config.action_dim}] (pad the state)")
 
 
+def _float_image(x: Array) -> Float[Array, "B I I 3"]:
+    """uint8 images (as rollout buffers keep them, 4× smaller) map to [-1, 1] as x / 255 · 2 − 1."""
+    return x.astype(jnp.float32) / 255.0 * 2.0 - 1.0 if x.dtype == jnp.uint8 else x
+
+
 def embed_prefix(config: Pi0Config, params: dict, obs: Observation):
     """Image tokens of every camera, then the prompt's token embeddings.
 
@@ -260,7 +265,7 @@ def embed_prefix(config: Pi0Config, params: dict, obs: Observation):
     """
     _check_observation(config, obs)
     b = obs.state.shape[0]
-    images = jnp.concatenate([obs.images[k] for k in config.image_keys], axis=0)
+    images = jnp.concatenate([_float_image(obs.images[k]) for k in config.image_keys], axis=0)
     img_tokens = _img(config).apply({"params": params["PaliGemma"]["img"]}, images)
     img_tokens = img_tokens.reshape(len(config.image_keys), b, *img_tokens.shape[1:])
     p = img_tokens.shape[2]

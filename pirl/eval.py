@@ -1,0 +1,186 @@
+"""Deterministic evaluation: every (task, trial) pair once, ODE sampling from fixed noise.
+
+    python -m pirl.eval --config=configs/metaworld_ppo.py --workdir=runs/mt50        # latest run checkpoint
+    python -m pirl.eval --config=configs/libero_ppo.py:suite=spatial \\
+        --config.model.checkpoint=gs://openpi-assets/checkpoints/pi0_libero --config.eval.protocol=openpi_libero \\
+        --workdir=runs/eval_pi0_libero
+
+Writes <workdir>/eval/results.json (per-episode and per-task numbers), prints a per-task table with
+the suite average (and MetaWorld's difficulty-group average), and saves videos when asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+
+import jax
+import numpy as np
+
+from pirl import experiment, rollout
+from pirl.envs import pool as pool_lib
+from pirl.envs import video
+
+
+def eval_init_ids(num_tasks: int, tasks: tuple[int, ...], num_trials: int) -> np.ndarray:
+    """Every (task, trial) of the evaluated tasks, task-major. [tasks × trials, 2]"""
+    chosen = tasks or tuple(range(num_tasks))
+    if max(chosen) >= num_tasks:
+        raise ValueError(f"eval.tasks {tasks} exceeds the {num_tasks} tasks")
+    return np.array([(t, k) for t in chosen for k in range(num_trials)], np.int64)
+
+
+def summarize(ids: np.ndarray, episodes: dict[str, np.ndarray], names: list[str]) -> dict:
+    """Per-task success/return/length and the averages over tasks."""
+    per_task = {}
+    for t in np.unique(ids[:, 0]).astype(int):
+        sel = ids[:, 0] == t
+        per_task[names[t]] = {
+            "success": float(episodes["success_once"][sel].mean()),
+            "return": float(episodes["return"][sel].mean()),
+            "episode_len": float(episodes["length"][sel].mean()),
+            "trials": int(sel.sum()),
+        }
+    out = {
+        "per_task": per_task,
+        "success": float(np.mean([v["success"] for v in per_task.values()])),
+        "return": float(np.mean([v["return"] for v in per_task.values()])),
+        "episode_len": float(np.mean([v["episode_len"] for v in per_task.values()])),
+        "episodes": len(ids),
+    }
+    from pirl.envs import metaworld
+
+    groups = metaworld.DIFFICULTY
+    if all(n in per_task for g in groups.values() for n in g):
+        out["mt50_average"] = metaworld.mt50_average({k: v["success"] for k, v in per_task.items()})
+        out["group_success"] = {g: float(np.mean([per_task[n]["success"] for n in ns])) for g, ns in groups.items()}
+    return out
+
+
+def flat_metrics(res: dict, prefix: str = "eval") -> dict[str, float]:
+    out = {f"{prefix}/{k}": float(res[k]) for k in ("success", "return", "episode_len")}
+    if "mt50_average" in res:
+        out[f"{prefix}/mt50_average"] = res["mt50_average"]
+    if len(res["per_task"]) > 1:
+        out |= {f"{prefix}/task_success/{k}": v["success"] for k, v in res["per_task"].items()}
+    return out
+
+
+def table(res: dict) -> str:
+    width = max(12, *(len(k) for k in res["per_task"]))
+
+    def row(name, v, n):
+        return f"{name:<{width}}  {v['success']:7.3f}  {v['return']:6.2f}  {v['episode_len']:6.1f}  {n:6d}"
+
+    lines = [f"{'task':<{width}}  success  return  length  trials"]
+    lines += [row(name, v, v["trials"]) for name, v in res["per_task"].items()]
+    lines.append(row("average", res, res["episodes"]))
+    if "mt50_average" in res:
+        groups = "  ".join(f"{g} {s:.3f}" for g, s in res["group_success"].items())
+        lines.append(f"MT50 Avg. (mean of difficulty groups) {res['mt50_average']:.3f}: {groups}")
+    return "\n".join(lines)
+
+
+class Evaluator:
+    """An eval pool and actor, kept for periodic evaluation during training."""
+
+    def __init__(self, setup, section: experiment.EvalSection, env: experiment.EnvSection):
+        from pirl import train
+
+        self.section = section
+        self.factory = experiment.sim_factory(
+            dataclasses.replace(env, auto_reset=False, num_stages=1),
+            max_steps=section.max_steps or env.max_steps,
+            num_trials=section.num_trials,
+            warmup_steps=section.warmup_steps,
+        )
+        self.spec = self.factory.spec()
+        self.names = experiment.task_names(self.factory)
+        replan = section.replan or setup.exp.policy.num_action_chunks
+        self.num_chunks = math.ceil(self.spec.max_steps / replan)
+        self.actor = train.make_actor(setup, self.spec, action_chunk=replan)
+        pool_env = dataclasses.replace(env, auto_reset=False, num_stages=1)
+        cfg = experiment.pool_config(pool_env, num_envs=section.num_envs, num_workers=section.num_workers)
+        self.pool = pool_lib.EnvPool(self.factory, cfg)
+        self.ids = eval_init_ids(self.spec.num_tasks, section.tasks, section.num_trials)
+
+    def run(self, params, video_dir: str | None = None) -> dict:
+        recorder = None
+        if video_dir and self.spec.cameras:
+            recorder = video.VideoRecorder(video_dir, camera=self.spec.cameras[0].name)
+
+        def on_frame(obs, res, t):
+            recorder.add(obs, success=None if res is None else res.success_once, envs=range(min(4, len(obs.state))))
+
+        episodes = rollout.run_episodes(
+            self.pool,
+            self.actor,
+            params,
+            jax.random.key(self.section.seed),
+            self.ids,
+            self.num_chunks,
+            on_frame if recorder else None,
+        )
+        res = summarize(self.ids, episodes, self.names)
+        res["episodes_detail"] = {
+            "task": self.ids[:, 0].tolist(),
+            "trial": self.ids[:, 1].tolist(),
+            **{k: v.tolist() for k, v in episodes.items()},
+        }
+        if recorder is not None:
+            res["videos"] = recorder.save("eval")
+        return res
+
+    def close(self):
+        self.pool.close()
+
+
+def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
+    """Evaluates ``params`` (default: the workdir's latest run checkpoint, else model.checkpoint);
+    writes <workdir>/eval/results.json and returns the results."""
+    from pirl import runstate, sharding, train
+    from pirl.rl import update as upd
+
+    setup = train.build(exp)
+    if params is None:
+        params = setup.params
+        ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+        if ckpt_dir.is_dir() and runstate.Checkpointer(ckpt_dir).latest() is not None:
+            ckpt = runstate.Checkpointer(ckpt_dir)
+            like = upd.init_train_state(exp.rl, setup.params)
+            state, meta = ckpt.restore(like)
+            ckpt.close()
+            params = state.params
+            print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
+        params = jax.device_put(params, sharding.param_shardings(setup.mesh, params, exp.mesh.fsdp_min_bytes))
+    out_dir = pathlib.Path(workdir) / "eval"
+    evaluator = Evaluator(setup, exp.eval, exp.env)
+    try:
+        res = evaluator.run(params, str(out_dir / "videos") if exp.eval.videos else None)
+    finally:
+        evaluator.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(res, indent=1))
+    (out_dir / "table.txt").write_text(table(res) + "\n")
+    return res
+
+
+def main(argv):
+    from pirl import cli
+
+    del argv
+    exp, _ = cli.to_experiment(_CONFIG.value)
+    res = evaluate(exp, _WORKDIR.value)
+    print(table(res))
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from pirl import cli
+
+    _CONFIG = cli.define_config_flag()
+    _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (its checkpoints are evaluated)", required=True)
+    cli.run(main)

@@ -1,0 +1,310 @@
+"""Online RL fine-tuning of π0 / π0.5: rollout → advantages → update, with eval, logs and resume.
+
+    python -m pirl.train --config=configs/quickstart.py --workdir=runs/quickstart
+    python -m pirl.train --config=configs/libero_ppo.py:suite=spatial --config.rl.lr=1e-5 --workdir=runs/x
+
+Re-running the same command in the same workdir continues from the last checkpoint; on CPU the
+resumed run's metrics equal an uninterrupted run's. Ctrl-C (or SIGTERM) saves a final checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+
+from pirl import batch as batch_lib
+from pirl import checkpoints, experiment, rollout, runstate, sharding
+from pirl import eval as eval_lib
+from pirl import logging as logs
+from pirl.envs import pool as pool_lib
+from pirl.envs import video
+from pirl.models import pi0
+from pirl.models import tokenizer as tok
+from pirl.rl import flow
+from pirl.rl import update as upd
+
+CURVE_KEYS = ("eval/success", "env/success_once", "env/return", "train/actor/approx_kl")
+
+
+@dataclasses.dataclass
+class Setup:
+    """Everything built once per run from an Experiment."""
+
+    exp: experiment.Experiment
+    mesh: jax.sharding.Mesh
+    model: pi0.Pi0Config
+    params: dict  # {"model", heads}: host or device arrays, before sharding
+    norm_stats: Mapping
+    tokenizer: tok.PaligemmaTokenizer
+
+
+def build(exp: experiment.Experiment, devices=None) -> Setup:
+    """Mesh, model config, initial params (checkpoint or random), norm stats, tokenizer."""
+    mesh = sharding.make_mesh(exp.mesh, devices)
+    model = exp.model.pi0_config()
+    key = jax.random.key(exp.train.seed)
+    factory = experiment.sim_factory(exp.env)
+    spec = factory.spec()
+    if exp.model.checkpoint:
+        overrides = {f: getattr(model, f) for f in ("pi05", "action_horizon", "max_token_len", "dtype", "remat")}
+        model, model_params = checkpoints.load_openpi(exp.model.checkpoint, **overrides)
+        norm_stats = checkpoints.load_norm_stats(exp.model.checkpoint, exp.model.asset_id or None)
+    else:
+        model_params = pi0.init_params(model, jax.random.fold_in(key, 1))
+        norm_stats = rollout.identity_norm_stats(spec.state_dim, model.action_dim)
+    params = {"model": model_params} | flow.init_heads(exp.policy, model, jax.random.fold_in(key, 2))
+    tokenizer = tok.load_tokenizer(exp.model.tokenizer, model.vocab_size)
+    return Setup(exp, mesh, model, params, norm_stats, tokenizer)
+
+
+def make_actor(setup: Setup, spec, *, action_chunk: int | None = None) -> rollout.Actor:
+    transform = experiment.env_transform(setup.exp, tuple(c.name for c in spec.cameras), spec.action_dim)
+    if action_chunk:
+        transform = dataclasses.replace(transform, action_chunk=action_chunk)
+    return rollout.Actor(setup.exp.policy, setup.model, transform, setup.norm_stats, setup.tokenizer, setup.mesh)
+
+
+def draw_init_ids(spec, env: experiment.EnvSection, num_envs: int, rng: np.random.Generator) -> np.ndarray:
+    """(task, trial) per env, uniform over the training tasks × trials; G consecutive envs share one."""
+    tasks = np.asarray(env.tasks or range(spec.num_tasks))
+    if tasks.max() >= spec.num_tasks:
+        raise ValueError(f"env.tasks {env.tasks} exceeds the {spec.num_tasks} tasks of {env.task!r}")
+    flat = rng.integers(0, len(tasks) * spec.num_trials, size=num_envs // env.group_size)
+    ids = np.stack([tasks[flat // spec.num_trials], flat % spec.num_trials], axis=1)
+    return np.repeat(ids, env.group_size, axis=0).astype(np.int64)
+
+
+def env_sampler(seed: int, iteration: int) -> np.random.Generator:
+    """The generator of one iteration's init ids, a function of (seed, host, iteration) only: the
+    iteration stored in a checkpoint fixes the env draws of everything after it on resume."""
+    return np.random.default_rng([seed, jax.process_index(), iteration])
+
+
+def env_metrics(trajs: list[rollout.Trajectory], task_names: list[str]) -> dict[str, float]:
+    ep = {k: np.concatenate([t.episodes[k] for t in trajs]) for k in trajs[0].episodes}
+    if not len(ep["success_once"]):
+        return {}
+    out = {
+        "env/success_once": float(ep["success_once"].mean()),
+        "env/return": float(ep["return"].mean()),
+        "env/episode_len": float(ep["length"].mean()),
+        "env/episodes": float(len(ep["success_once"])),
+    }
+    if len(task_names) > 1:
+        for t in np.unique(ep["task"]).astype(int):
+            out[f"env/task_success/{task_names[t]}"] = float(ep["success_once"][ep["task"] == t].mean())
+    return out
+
+
+def update_metrics(metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Per-minibatch update metrics → train/actor/* and train/critic/* (means; last-epoch kl)."""
+    critic = {"value_loss", "explained_variance", "value_clip_ratio"}
+    out = {}
+    for k, v in metrics.items():
+        group = "critic" if k in critic else "actor"
+        out[f"train/{group}/{k}"] = float(np.mean(v))
+    return out
+
+
+def _install_sigterm():
+    """SIGTERM (cluster pre-emption, ``kill``) takes the same path as Ctrl-C: save and exit."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=None) -> dict[str, float]:
+    """Runs (or resumes) the experiment in ``workdir``; returns the last iteration's metrics."""
+    workdir = pathlib.Path(workdir).expanduser().resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    setup = build(exp, devices)
+    mesh = setup.mesh
+    is_main = jax.process_index() == 0
+    factory = experiment.sim_factory(exp.env)
+    spec = factory.spec()
+    task_names = experiment.task_names(factory)
+    chunks = experiment.chunk_steps(exp)
+    local_envs = exp.env.num_envs // jax.process_count()
+
+    state = upd.init_train_state(exp.rl, setup.params)
+    state_shardings = sharding.param_shardings(mesh, state, exp.mesh.fsdp_min_bytes)
+    state = jax.device_put(state, state_shardings)
+    update_fn = upd.jit_update(exp.policy, setup.model, exp.rl, mesh, state_shardings)
+
+    ckpt = runstate.Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
+    start = 0
+    if ckpt.latest() is not None:
+        state, meta = ckpt.restore(state)
+        start = meta["iteration"]
+        if meta["seed"] != exp.train.seed:
+            raise ValueError(f"{workdir} holds a run with train.seed={meta['seed']}, not {exp.train.seed}")
+        print(f"resumed from {workdir / 'checkpoints'} at iteration {start}")
+
+    writer = logs.MetricWriter(
+        workdir,
+        tensorboard=exp.train.tensorboard,
+        wandb_project=exp.train.wandb_project,
+        wandb_mode=exp.train.wandb_mode,
+        config=dataclasses.asdict(exp),
+        enabled=is_main,
+    )
+    actor = make_actor(setup, spec)
+    pool = pool_lib.EnvPool(factory, experiment.pool_config(exp.env, num_envs=local_envs, seed=exp.train.seed))
+    evaluator = None
+    key = jax.random.key(exp.train.seed)
+    last: dict[str, float] = {}
+    it = start
+    saved_at = start
+    _install_sigterm()
+    bar = None
+    if exp.train.progress and is_main:
+        from tqdm import tqdm
+
+        bar = tqdm(total=exp.train.iterations, initial=start, desc="train", dynamic_ncols=True)
+    try:
+        while it < exp.train.iterations:
+            t_iter = time.perf_counter()
+            rng = jax.random.fold_in(key, it)
+            sampler = env_sampler(exp.train.seed, it)
+            trajs = []
+            recorder = _recorder(exp, workdir, it, "train", spec) if is_main else None
+            for e in range(exp.train.rollout_epochs):
+                ids = draw_init_ids(spec, exp.env, local_envs, sampler)
+                on_frame = recorder.on_frame if (recorder and e == 0) else None
+                trajs.append(
+                    rollout.collect(pool, actor, state.params, jax.random.fold_in(rng, e), ids, chunks, on_frame)
+                )
+            if recorder:
+                recorder.save(f"it{it + 1:05d}")
+            t_rollout = time.perf_counter() - t_iter
+            b, roll_metrics = batch_lib.to_batch(
+                trajs, exp.rl.algorithm, exp.advantage, exp.env.group_size, exp.env.auto_reset, mesh
+            )
+            t1 = time.perf_counter()
+            state, um = update_fn(state, b, jax.random.fold_in(rng, 1_000_003))
+            um = jax.device_get(um)
+            t_update = time.perf_counter() - t1
+            it += 1
+            env_steps = sum(t.env_steps for t in trajs)
+            metrics = env_metrics(trajs, task_names) | roll_metrics | update_metrics(um)
+            metrics |= {
+                "train/skipped_updates": float(jax.device_get(state.skipped)),
+                "time/rollout_s": t_rollout,
+                "time/update_s": t_update,
+                "time/env_wait_s": sum(t.timing["wait"] + t.timing["env"] for t in trajs),
+                "time/inference_s": sum(t.timing["infer"] for t in trajs),
+                "env/steps_per_s": env_steps / max(t_rollout, 1e-9),
+                "env/steps": float(env_steps),
+            }
+            if exp.train.eval_every and (it % exp.train.eval_every == 0 or it == exp.train.iterations):
+                t1 = time.perf_counter()
+                if evaluator is None:
+                    evaluator = eval_lib.Evaluator(setup, exp.eval, exp.env)
+                res = evaluator.run(state.params, _video_dir(exp, workdir, it, "eval"))
+                metrics |= eval_lib.flat_metrics(res)
+                metrics["time/eval_s"] = time.perf_counter() - t1
+            metrics["time/iteration_s"] = time.perf_counter() - t_iter
+            writer.write(it, metrics)
+            last = metrics
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(success=f"{metrics.get('env/success_once', float('nan')):.2f}")
+            if exp.train.save_every and it % exp.train.save_every == 0:
+                ckpt.save(it, state, {"iteration": it, "seed": exp.train.seed})
+                saved_at = it
+    except KeyboardInterrupt:
+        print(f"interrupted: saving iteration {it} to {workdir / 'checkpoints'}", file=sys.stderr)
+        raise
+    finally:
+        if saved_at != it or ckpt.latest() is None:
+            ckpt.save(it, state, {"iteration": it, "seed": exp.train.seed})
+        ckpt.close()
+        pool.close()
+        if evaluator is not None:
+            evaluator.close()
+        if bar is not None:
+            bar.close()
+        writer.close()
+    if is_main:
+        logs.plot_learning_curve(workdir, CURVE_KEYS)
+    return last
+
+
+def _video_dir(exp, workdir, it, kind) -> str | None:
+    if not exp.eval.videos and not exp.train.videos:
+        return None
+    return str(workdir / "videos" / f"{kind}_it{it:05d}")
+
+
+class _Recorder:
+    def __init__(self, out_dir: str, camera: str, max_envs: int = 4):
+        self.rec = video.VideoRecorder(out_dir, camera=camera)
+        self.max_envs = max_envs
+
+    def on_frame(self, obs, res, t):
+        n = min(self.max_envs, len(obs.state))
+        self.rec.add(obs, envs=range(n))
+
+    def save(self, prefix):
+        return self.rec.save(prefix)
+
+
+def _recorder(exp, workdir, it, kind, spec):
+    every = exp.train.video_every
+    if not (exp.train.videos and every and it % every == 0 and spec.cameras):
+        return None
+    return _Recorder(str(workdir / "videos" / kind), spec.cameras[0].name)
+
+
+def warm_start(exp: experiment.Experiment, sft_section, workdir: pathlib.Path) -> experiment.Experiment:
+    """Runs the config's SFT stage into <workdir>/sft once (kept for resumes) and starts RL from it."""
+    from pirl import sft
+
+    out = workdir / "sft"
+    if not (out / "params").is_dir():
+        sft.run(exp, sft_section, out)
+    return dataclasses.replace(exp, model=dataclasses.replace(exp.model, checkpoint=str(out)))
+
+
+def main(argv):
+    from pirl import cli
+
+    del argv
+    config = _CONFIG.value
+    extra = {}
+    if "sft" in config:
+        from pirl import sft
+
+        extra = {"sft": sft.SFTSection}
+    exp, sections = cli.to_experiment(config, extra)
+    workdir = pathlib.Path(_WORKDIR.value).expanduser().resolve()
+    if "sft" in sections and not exp.model.checkpoint:
+        exp = warm_start(exp, sections["sft"], workdir)
+    try:
+        last = train(exp, workdir)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    shown = {k: v for k, v in last.items() if k.startswith(("eval/success", "env/success", "env/return"))}
+    print(f"done: {workdir}  " + "  ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items()) if "task_" not in k))
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from pirl import cli
+
+    _CONFIG = cli.define_config_flag()
+    _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, videos)", required=True)
+    cli.run(main)
