@@ -12,7 +12,7 @@ from multiprocessing import shared_memory
 import numpy as np
 import pytest
 
-from pirl.envs import base, pool, toy
+from pirl.envs import base, pool, toy, worker
 
 
 def make(cfg=None, **kw):
@@ -105,6 +105,32 @@ def test_two_stage_matches_single_call():
     np.testing.assert_array_equal(np.concatenate([a.rewards, b.rewards]), ref.rewards)
     np.testing.assert_array_equal(np.concatenate([a.obs.state, b.obs.state]), ref.obs.state)
     assert ref.success_once.all()
+
+
+def test_step_messages_round_trip_as_bytes():
+    # Two envs, three steps. Env 0 stepped twice and terminated with success at t=1; env 1 ran all
+    # three steps and was truncated at t=2. Flag byte = VALID(8) | TERMINATED(1) | TRUNCATED(2) |
+    # SUCCESS(4): env 0 -> [8, 8+1+4, 0] = [8, 13, 0], env 1 -> [8, 8, 8+2] = [8, 8, 10].
+    rewards = np.array([[0.0, 1.0, 0.0], [0.25, -0.5, 0.0]], np.float32)
+    flags = np.array([[8, 13, 0], [8, 8, 10]], np.uint8)
+    env_flags = np.array([worker.DONE | worker.RESET_NOW, worker.DONE], np.uint8)
+    for instructions in ({}, {0: "open the drawer"}):
+        buf = worker.encode_step_reply(rewards, flags, env_flags, instructions)
+        # 1 tag byte + 2x3 float32 rewards + 2x3 flag bytes + 2 env flag bytes (+ the pickle).
+        head = 1 + 24 + 6 + 2
+        assert len(buf) > head if instructions else len(buf) == head
+        kind, raw = pool._decode(buf)
+        r, f, e, text = worker.decode_step_reply(raw, 2, 3)
+        assert kind == "step" and text == instructions
+        np.testing.assert_array_equal(r, rewards)
+        np.testing.assert_array_equal(f, flags)
+        np.testing.assert_array_equal(e, [3, 1])
+    actions = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(worker.decode_actions(worker.encode_actions(actions), 2, 4), actions)
+    # Every other message is a pickle, which the tag byte cannot be mistaken for.
+    from multiprocessing.reduction import ForkingPickler
+
+    assert pool._decode(bytes(ForkingPickler.dumps(("reset", {0: "x"})))) == ("reset", {0: "x"})
 
 
 def test_bad_inputs_name_the_problem():

@@ -10,7 +10,9 @@ figure of merit for "a process per core": 1.0 is perfect, and it falls when proc
 cores, memory bandwidth or the pipe. "worker CPU" is the CPU time of an average worker (all its
 threads) per second of wall time, and "run queue" the time its threads were ready but waiting for
 a core: a large run-queue share means the machine had no free core (other load), and the
-efficiency then measures the machine, not the pool.
+efficiency then measures the machine, not the pool. On a shared machine, running the benchmark
+under a real-time policy (``chrt -r 1 python -m pirl.bench.envs``, needs root) keeps other
+processes off the cores while it runs and approximates a quiet machine.
 Episodes are kept long (max_steps raised) so resets do not dominate, except MetaWorld without
 rendering, whose 100-step episodes reset in milliseconds.
 """

@@ -7,18 +7,63 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import signal
 import sys
 import traceback
 from multiprocessing import shared_memory
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
+from jaxtyping import Float32, UInt8
 
 from pirl.envs import base
 
 if TYPE_CHECKING:
     from pirl.envs.pool import PoolConfig
+
+# First byte of a "step" message, which travels as raw bytes in both directions: a chunk is a few
+# hundred bytes, and pickling the reply's arrays cost more than the pipe itself. Every other message
+# is a pickle, whose first byte (the protocol opcode, 0x80) can never be this one.
+STEP_TAG = b"S"
+# Bits of the per-step flag byte (M, T) and of the per-env flag byte (M,) in a step reply.
+TERMINATED, TRUNCATED, SUCCESS, VALID = 1, 2, 4, 8
+DONE, RESET_NOW = 1, 2
+
+
+def encode_actions(actions: Float32[np.ndarray, "M T A"]) -> bytes:
+    return STEP_TAG + np.ascontiguousarray(actions, np.float32).tobytes()
+
+
+def decode_actions(buf: bytes, m: int, action_dim: int) -> Float32[np.ndarray, "M T A"]:
+    # A copy, so simulators get an ordinary writable array, not a view of the message.
+    return np.frombuffer(buf, np.float32, offset=len(STEP_TAG)).reshape(m, -1, action_dim).copy()
+
+
+def encode_step_reply(
+    rewards: Float32[np.ndarray, "M T"],
+    flags: UInt8[np.ndarray, "M T"],
+    env_flags: UInt8[np.ndarray, " M"],
+    instructions: dict[int, str],
+) -> bytes:
+    """Packs a chunk's per-step rewards and flags, and the per-env flags; the instructions of envs
+    reset at the chunk end (rare) follow as a pickle."""
+    tail = pickle.dumps(instructions) if instructions else b""
+    return b"".join((STEP_TAG, rewards.astype(np.float32).tobytes(), flags.tobytes(), env_flags.tobytes(), tail))
+
+
+def decode_step_reply(
+    buf: bytes, m: int, t_len: int
+) -> tuple[Float32[np.ndarray, "M T"], UInt8[np.ndarray, "M T"], UInt8[np.ndarray, " M"], dict[int, str]]:
+    """Inverse of ``encode_step_reply`` for M envs and a chunk of T steps (read-only views)."""
+    k = len(STEP_TAG)
+    r_end = k + 4 * m * t_len
+    f_end = r_end + m * t_len
+    rewards = np.frombuffer(buf, np.float32, m * t_len, k).reshape(m, t_len)
+    flags = np.frombuffer(buf, np.uint8, m * t_len, r_end).reshape(m, t_len)
+    env_flags = np.frombuffer(buf, np.uint8, m, f_end)
+    tail = buf[f_end + m :]
+    return rewards, flags, env_flags, pickle.loads(tail) if tail else {}
 
 
 class Worker:
@@ -65,51 +110,54 @@ class Worker:
             np.int64,
         ).reshape(-1, 2)
 
-    def step(self, actions: np.ndarray) -> dict[str, Any]:
+    def step(self, actions: Float32[np.ndarray, "M T A"]) -> bytes:
+        """Runs a chunk and returns the encoded reply (see ``encode_step_reply``)."""
         m, t_len = actions.shape[0], actions.shape[1]
-        out = {k: np.zeros((m, t_len), bool) for k in ("terminated", "truncated", "success", "valid")}
-        out["rewards"] = np.zeros((m, t_len), np.float32)
+        rewards = np.zeros((m, t_len), np.float32)
+        flags = np.zeros((m, t_len), np.uint8)
+        max_steps = self.spec.max_steps
+        done = self.done.tolist()  # Python scalars: this loop runs per step, numpy scalars are slow
         for t in range(t_len):
-            live = [i for i in range(m) if not self.done[i]]
+            live = [i for i in range(m) if not done[i]]
             if not live:
                 break
             for i, so in zip(live, self.group.step(live, actions[live, t]), strict=True):
                 self.steps[i] += 1
-                trunc = bool(so.truncated) or self.steps[i] >= self.spec.max_steps
-                out["rewards"][i, t] = so.reward
-                out["terminated"][i, t] = so.terminated
-                out["truncated"][i, t] = trunc and not so.terminated
-                out["success"][i, t] = so.success
-                out["valid"][i, t] = True
+                trunc = bool(so.truncated) or self.steps[i] >= max_steps
+                term = bool(so.terminated)
+                rewards[i, t] = so.reward
+                flags[i, t] = VALID | TERMINATED * term | TRUNCATED * (trunc and not term) | SUCCESS * bool(so.success)
                 self.last[i] = so.obs
-                self.done[i] = so.terminated or trunc
-        stepped = out["valid"].any(axis=1)
-        for i in np.flatnonzero(stepped):
+                done[i] = term or trunc
+        self.done[:] = done
+        for i in np.flatnonzero((flags & VALID).any(axis=1)):  # envs that stepped in this chunk
             self.write(i, self.last[i])
-        out["done"] = self.done.copy()
-        out["reset_now"] = np.zeros(m, bool)
-        out["instructions"] = {}
+        env_flags = self.done.astype(np.uint8) * DONE
+        instructions = {}
         if self.cfg.auto_reset and self.done.any():
             ended = [int(i) for i in np.flatnonzero(self.done)]
             for i in ended:
                 self.write(i, self.last[i], prefix="final/")
-            out["instructions"] = self.reset(ended, self.next_init_ids(ended))
-            out["reset_now"][ended] = True
-        return out
+            instructions = self.reset(ended, self.next_init_ids(ended))
+            env_flags[ended] |= RESET_NOW
+        return encode_step_reply(rewards, flags, env_flags, instructions)
 
     def serve(self):
+        m, action_dim = self.cfg.envs_per_worker, self.spec.action_dim
         while True:
             try:
-                msg = self.conn.recv()
+                buf = self.conn.recv_bytes()
             except (EOFError, OSError):  # the main process is gone
                 return
+            if buf[: len(STEP_TAG)] == STEP_TAG:
+                self.conn.send_bytes(self.step(decode_actions(buf, m, action_dim)))
+                continue
+            msg = pickle.loads(buf)
             kind = msg[0]
             if kind == "attach":
                 self.attach(msg[1])
             elif kind == "reset":
                 self.conn.send(("reset", self.reset(list(range(len(msg[1]))), msg[1])))
-            elif kind == "step":
-                self.conn.send(("step", self.step(msg[1])))
             elif kind == "close":
                 return
             else:
