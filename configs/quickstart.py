@@ -48,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 8 envs × 12 chunk steps = 96 samples per rollout, two minibatches of 48.
     c.rl.update(
         trainable="full",
-        lr=3e-4,
+        lr=3e-5,
         value_lr=1e-3,
         weight_decay=0.0,
         update_epochs=4,
