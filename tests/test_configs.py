@@ -221,3 +221,53 @@ def test_inconsistent_override_is_rejected():
     c.rl.minibatch_size = 5120
     with pytest.raises(cli.ConfigError, match="minibatch_size"):
         cli.to_experiment(c)
+
+
+# ---------------------------------------------------------------- one training iteration per file
+
+
+def _one_iteration(name: str, arg: str, workdir) -> dict:
+    """One pirl.train iteration of a shrunk recipe, with episodes cut to one chunk step (every
+    stage still runs: env pool, rollout, advantages, update, checkpoint)."""
+    import jax
+
+    from pirl import train
+
+    c = importlib.import_module(f"configs.{name}").get_config(with_shrink(arg))
+    c.env.max_steps = c.policy.num_action_chunks
+    c.rl.update(minibatch_size=c.env.num_envs, micro_batch_size=c.env.num_envs)
+    c.train.update(iterations=1, tensorboard=False)
+    exp, _ = cli.to_experiment(c)
+    # One device, as on a laptop: the shrunk batches (4 envs) need not divide the 8 test devices.
+    metrics = train.train(exp, workdir, devices=jax.devices()[:1])
+    # Every env ran exactly one chunk and the update saw finite numbers.
+    assert metrics["env/episodes"] == exp.env.num_envs
+    assert metrics["env/steps"] == exp.env.num_envs * exp.policy.num_action_chunks
+    assert metrics["train/skipped_updates"] == 0.0
+    assert (workdir / "checkpoints").is_dir()
+    return metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name,arg", [("metaworld_ppo", "benchmark=mt50"), ("libero_ppo", "suite=spatial"), ("libero_grpo", "suite=spatial")]
+)
+def test_shrunk_recipe_trains_one_iteration(name, arg, tmp_path, monkeypatch):
+    if name.startswith("libero"):
+        pytest.importorskip("libero")
+        from envs_helpers import LIBERO_ASSETS
+
+        monkeypatch.setenv("PIRL_LIBERO_ASSETS", LIBERO_ASSETS)
+    else:
+        pytest.importorskip("metaworld")
+    _one_iteration(name, arg, tmp_path)
+
+
+@pytest.mark.slow
+def test_shrunk_maniskill_trains_one_iteration(tmp_path):
+    pytest.importorskip("mani_skill")
+    from pirl.envs import maniskill
+
+    if not hasattr(maniskill.ManiSkillConfig, "spec"):
+        pytest.skip("pirl.train reads factory.spec(), which ManiSkillConfig does not provide yet")
+    _one_iteration("maniskill_ppo", "", tmp_path)
