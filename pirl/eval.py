@@ -96,14 +96,14 @@ class Evaluator:
             num_trials=section.num_trials,
             warmup_steps=section.warmup_steps,
         )
-        self.spec = self.factory.spec()
         self.names = experiment.task_names(self.factory)
-        replan = section.replan or setup.exp.policy.num_action_chunks
-        self.num_chunks = math.ceil(self.spec.max_steps / replan)
-        self.actor = train.make_actor(setup, self.spec, action_chunk=replan)
         pool_env = dataclasses.replace(env, auto_reset=False, num_stages=1)
         cfg = experiment.pool_config(pool_env, num_envs=section.num_envs, num_workers=section.num_workers)
         self.pool = pool_lib.EnvPool(self.factory, cfg)
+        self.spec = self.pool.spec
+        replan = section.replan or setup.exp.policy.num_action_chunks
+        self.num_chunks = math.ceil(self.spec.max_steps / replan)
+        self.actor = train.make_actor(setup, self.spec, action_chunk=replan)
         self.ids = eval_init_ids(self.spec.num_tasks, section.tasks, section.num_trials)
 
     def run(self, params, video_dir: str | None = None) -> dict:

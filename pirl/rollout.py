@@ -206,7 +206,7 @@ def collect(
             ):
                 finished[key].append(value[ended])
             if res.final_obs is not None and res.reset_now.any():
-                _, out_final, _ = actor.act(params, res.final_obs, jax.random.fold_in(rng, -1 - t))
+                _, out_final, _ = actor.act(params, res.final_obs, jax.random.fold_in(rng, _VALUE_KEYS + t))
                 final_values[t, r] = np.where(res.reset_now, sharding.local_rows(out_final.value), 0.0)
             stage_obs[s] = res.obs
             if t + 1 < num_chunks and (pool.cfg.auto_reset or not pool.done[r].all()):
@@ -222,7 +222,7 @@ def collect(
                 steps[t][s] = steps[0][s]
     last_values = np.zeros(n_envs, np.float32)
     if pool.cfg.auto_reset:
-        _, out_last, _ = actor.act(params, _concat_obs(stage_obs, rows), jax.random.fold_in(rng, -1 - num_chunks))
+        _, out_last, _ = actor.act(params, _concat_obs(stage_obs, rows), jax.random.fold_in(rng, _VALUE_KEYS + num_chunks))
         last_values = sharding.local_rows(out_last.value)
     order = np.argsort(np.concatenate(rows))
     per_step = [_merge_stages([steps[t][s] for s in range(stages)], order) for t in range(num_chunks)]
@@ -243,6 +243,9 @@ def collect(
         timing=timing | {"total": time.perf_counter() - t0},
     )
 
+
+# Keys for value-only passes (bootstrap values), apart from the per-chunk sampling keys.
+_VALUE_KEYS = 2**30
 
 _HOST_FIELDS = {"rewards": np.float32, "dones": bool, "truncated": bool, "valid": bool}
 

@@ -52,15 +52,14 @@ def build(exp: experiment.Experiment, devices=None) -> Setup:
     mesh = sharding.make_mesh(exp.mesh, devices)
     model = exp.model.pi0_config()
     key = jax.random.key(exp.train.seed)
-    factory = experiment.sim_factory(exp.env)
-    spec = factory.spec()
     if exp.model.checkpoint:
         overrides = {f: getattr(model, f) for f in ("pi05", "action_horizon", "max_token_len", "dtype", "remat")}
         model, model_params = checkpoints.load_openpi(exp.model.checkpoint, **overrides)
         norm_stats = checkpoints.load_norm_stats(exp.model.checkpoint, exp.model.asset_id or None)
     else:
         model_params = pi0.init_params(model, jax.random.fold_in(key, 1))
-        norm_stats = rollout.identity_norm_stats(spec.state_dim, model.action_dim)
+        # Env states and actions never exceed the model's padded width.
+        norm_stats = rollout.identity_norm_stats(model.action_dim, model.action_dim)
     params = {"model": model_params} | flow.init_heads(exp.policy, model, jax.random.fold_in(key, 2))
     tokenizer = tok.load_tokenizer(exp.model.tokenizer, model.vocab_size)
     return Setup(exp, mesh, model, params, norm_stats, tokenizer)
@@ -133,7 +132,6 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     mesh = setup.mesh
     is_main = jax.process_index() == 0
     factory = experiment.sim_factory(exp.env)
-    spec = factory.spec()
     task_names = experiment.task_names(factory)
     chunks = experiment.chunk_steps(exp)
     local_envs = exp.env.num_envs // jax.process_count()
@@ -161,8 +159,9 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
         config=dataclasses.asdict(exp),
         enabled=is_main,
     )
-    actor = make_actor(setup, spec)
     pool = pool_lib.EnvPool(factory, experiment.pool_config(exp.env, num_envs=local_envs, seed=exp.train.seed))
+    spec = pool.spec  # as the workers built it (some simulators only know it once created)
+    actor = make_actor(setup, spec)
     evaluator = None
     key = jax.random.key(exp.train.seed)
     last: dict[str, float] = {}

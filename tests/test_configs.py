@@ -266,8 +266,4 @@ def test_shrunk_recipe_trains_one_iteration(name, arg, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_shrunk_maniskill_trains_one_iteration(tmp_path):
     pytest.importorskip("mani_skill")
-    from pirl.envs import maniskill
-
-    if not hasattr(maniskill.ManiSkillConfig, "spec"):
-        pytest.skip("pirl.train reads factory.spec(), which ManiSkillConfig does not provide yet")
     _one_iteration("maniskill_ppo", "", tmp_path)

@@ -47,12 +47,12 @@ def measure(args, stages: int) -> dict[str, float]:
     exp = _experiment(args, stages)
     setup = train.build(exp)
     factory = experiment.sim_factory(exp.env)
-    spec = factory.spec()
-    actor = train.make_actor(setup, spec)
     params = setup.params
-    ids = np.stack([np.zeros(exp.env.num_envs, np.int64), np.arange(exp.env.num_envs) % spec.num_trials], 1)
     walls, sims, infers = [], [], []
     with pool_lib.EnvPool(factory, experiment.pool_config(exp.env)) as pool:
+        spec = pool.spec
+        actor = train.make_actor(setup, spec)
+        ids = np.stack([np.zeros(exp.env.num_envs, np.int64), np.arange(exp.env.num_envs) % spec.num_trials], 1)
         rows = [pool.stage_envs(s) for s in range(stages)]
         for rep in range(args.reps + 1):  # the first rep compiles and warms up
             rng = jax.random.key(rep)
