@@ -222,7 +222,8 @@ def collect(
                 steps[t][s] = steps[0][s]
     last_values = np.zeros(n_envs, np.float32)
     if pool.cfg.auto_reset:
-        _, out_last, _ = actor.act(params, _concat_obs(stage_obs, rows), jax.random.fold_in(rng, _VALUE_KEYS + num_chunks))
+        last_obs = _concat_obs(stage_obs, rows)
+        _, out_last, _ = actor.act(params, last_obs, jax.random.fold_in(rng, _VALUE_KEYS + num_chunks))
         last_values = sharding.local_rows(out_last.value)
     order = np.argsort(np.concatenate(rows))
     per_step = [_merge_stages([steps[t][s] for s in range(stages)], order) for t in range(num_chunks)]
