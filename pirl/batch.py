@@ -6,6 +6,7 @@ Axis letters: R rollout epochs, T chunk steps, N envs; samples are flattened in 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -70,6 +71,12 @@ def _flatten(x):
     return x.reshape(-1, *x.shape[3:])
 
 
+@functools.cache
+def _flattener(mesh: Mesh):
+    """[R, T, N, ...] → [R·T·N, ...] split over the batch axes; one compiled program per mesh."""
+    return jax.jit(lambda b: jax.tree.map(_flatten, b), out_shardings=sharding.batch_sharding(mesh))
+
+
 def to_batch(
     trajs: Sequence[Trajectory],
     algorithm: str,
@@ -93,7 +100,7 @@ def to_batch(
         returns=jnp.stack([t.returns for t in tg]),
         weights=jnp.stack([t.weights for t in tg]),
     )
-    flat = jax.jit(lambda b: jax.tree.map(_flatten, b), out_shardings=sharding.batch_sharding(mesh))(stacked)
+    flat = _flattener(mesh)(stacked)
     m = np.asarray(mask)
     n_valid = max(int(m.sum()), 1)
 

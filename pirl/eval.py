@@ -149,13 +149,13 @@ def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
     if params is None:
         params = setup.params
         ckpt_dir = pathlib.Path(workdir) / "checkpoints"
-        if ckpt_dir.is_dir() and runstate.Checkpointer(ckpt_dir).latest() is not None:
+        if ckpt_dir.is_dir():
             ckpt = runstate.Checkpointer(ckpt_dir)
-            like = upd.init_train_state(exp.rl, setup.params)
-            state, meta = ckpt.restore(like)
+            if ckpt.latest() is not None:
+                state, meta = ckpt.restore(upd.init_train_state(exp.rl, setup.params))
+                params = state.params
+                print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
             ckpt.close()
-            params = state.params
-            print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
         params = jax.device_put(params, sharding.param_shardings(setup.mesh, params, exp.mesh.fsdp_min_bytes))
     out_dir = pathlib.Path(workdir) / "eval"
     evaluator = Evaluator(setup, exp.eval, exp.env)

@@ -25,8 +25,8 @@ from pirl import batch as batch_lib
 from pirl import checkpoints, experiment, rollout, runstate, sharding
 from pirl import eval as eval_lib
 from pirl import logging as logs
+from pirl.envs import base, video
 from pirl.envs import pool as pool_lib
-from pirl.envs import video
 from pirl.models import pi0
 from pirl.models import tokenizer as tok
 from pirl.rl import flow
@@ -72,16 +72,6 @@ def make_actor(setup: Setup, spec, *, action_chunk: int | None = None) -> rollou
     return rollout.Actor(setup.exp.policy, setup.model, transform, setup.norm_stats, setup.tokenizer, setup.mesh)
 
 
-def draw_init_ids(spec, env: experiment.EnvSection, num_envs: int, rng: np.random.Generator) -> np.ndarray:
-    """(task, trial) per env, uniform over the training tasks × trials; G consecutive envs share one."""
-    tasks = np.asarray(env.tasks or range(spec.num_tasks))
-    if tasks.max() >= spec.num_tasks:
-        raise ValueError(f"env.tasks {env.tasks} exceeds the {spec.num_tasks} tasks of {env.task!r}")
-    flat = rng.integers(0, len(tasks) * spec.num_trials, size=num_envs // env.group_size)
-    ids = np.stack([tasks[flat // spec.num_trials], flat % spec.num_trials], axis=1)
-    return np.repeat(ids, env.group_size, axis=0).astype(np.int64)
-
-
 def env_sampler(seed: int, iteration: int) -> np.random.Generator:
     """The generator of one iteration's init ids, a function of (seed, host, iteration) only: the
     iteration stored in a checkpoint fixes the env draws of everything after it on resume."""
@@ -105,7 +95,7 @@ def env_metrics(trajs: list[rollout.Trajectory], task_names: list[str]) -> dict[
 
 
 def update_metrics(metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
-    """Per-minibatch update metrics → train/actor/* and train/critic/* (means; last-epoch kl)."""
+    """Per-minibatch update metrics → train/actor/* and train/critic/*, each the mean over minibatches."""
     critic = {"value_loss", "explained_variance", "value_clip_ratio"}
     out = {}
     for k, v in metrics.items():
@@ -188,7 +178,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
             trajs = []
             recorder = _recorder(exp, workdir, it, "train", spec) if is_main else None
             for e in range(exp.train.rollout_epochs):
-                ids = draw_init_ids(spec, exp.env, local_envs, sampler)
+                ids = base.group_init_ids(spec, local_envs, exp.env.group_size, sampler, exp.env.tasks)
                 on_frame = recorder.on_frame if (recorder and e == 0) else None
                 trajs.append(
                     rollout.collect(pool, actor, state.params, jax.random.fold_in(rng, e), ids, chunks, on_frame)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -199,13 +200,22 @@ def check_init_ids(spec: EnvSpec, init_ids: np.ndarray, n: int) -> Int64[np.ndar
     return ids
 
 
-def group_init_ids(spec: EnvSpec, num_envs: int, group_size: int, rng: np.random.Generator) -> Int64[np.ndarray, "N 2"]:
+def group_init_ids(
+    spec: EnvSpec,
+    num_envs: int,
+    group_size: int,
+    rng: np.random.Generator,
+    tasks: Sequence[int] | None = None,
+) -> Int64[np.ndarray, "N 2"]:
     """Draws one (task, trial) per group of ``group_size`` consecutive envs (GRPO), uniformly over
-    all tasks x trials; group_size=1 gives independent draws."""
+    ``tasks`` (default all) x trials; group_size=1 gives independent draws."""
     if num_envs % group_size:
         raise ValueError(f"num_envs={num_envs} is not a multiple of group_size={group_size}")
-    flat = rng.integers(0, spec.num_tasks * spec.num_trials, size=num_envs // group_size)
-    ids = np.stack([flat // spec.num_trials, flat % spec.num_trials], axis=1)
+    chosen = np.asarray(tasks if tasks else range(spec.num_tasks), np.int64)
+    if chosen.min() < 0 or chosen.max() >= spec.num_tasks:
+        raise ValueError(f"tasks {list(chosen)} are not all in [0, {spec.num_tasks})")
+    flat = rng.integers(0, len(chosen) * spec.num_trials, size=num_envs // group_size)
+    ids = np.stack([chosen[flat // spec.num_trials], flat % spec.num_trials], axis=1)
     return np.repeat(ids, group_size, axis=0)
 
 
