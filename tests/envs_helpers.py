@@ -24,6 +24,18 @@ class NoJax:
         return group
 
 
+@dataclasses.dataclass(frozen=True)
+class RenderEveryStep:
+    """Wraps a pool factory; its groups render every step instead of deferring to the chunk end."""
+
+    inner: object
+
+    def __call__(self, worker_index, num_envs):
+        group = self.inner(worker_index, num_envs)
+        group.deferred = False
+        return group
+
+
 def assert_images_ok(images: dict, names, size):
     """Every camera present, (N, H, W, 3) uint8 and not a constant image."""
     assert sorted(images) == sorted(names), sorted(images)

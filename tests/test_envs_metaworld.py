@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from envs_helpers import NoJax, assert_images_ok
+from envs_helpers import NoJax, RenderEveryStep, assert_images_ok
 
 from pirl.envs import base, pool
 from pirl.envs import metaworld as mw
@@ -67,6 +67,28 @@ def test_experts_succeed_through_pool_and_groups_match():
         assert (r.episode_length < 150).all()
         # The arm moved: last frames differ from the first ones.
         assert (np.abs(obs.images["main"].astype(int) - first).mean(axis=(1, 2, 3)) > 0.5).all()
+
+
+def test_deferred_render_equals_rendering_every_step():
+    """The pool renders MetaWorld once per chunk (the state the policy sees); its observations must
+    equal those of groups that render after every step, also for episodes ending mid-chunk."""
+    cfg = mw.MetaWorldConfig(benchmark="reach-v3", image_size=(32, 32), max_steps=7)
+    assert cfg(0, 2).deferred
+    chunk = 3  # 7 steps = 3 + 3 + 1: the episode is truncated on the first step of the third chunk
+    actions = np.random.default_rng(0).uniform(-1, 1, (2, 3 * chunk, 4)).astype(np.float32)
+    ids = np.array([[0, 1], [0, 4]])
+    results = []
+    for factory in (NoJax(cfg), RenderEveryStep(cfg)):
+        with pool.EnvPool(factory, pool.PoolConfig(1, 2, gl="osmesa")) as p:
+            out = [p.reset(ids)]
+            out += [p.step_chunk(actions[:, c * chunk : (c + 1) * chunk]).obs for c in range(3)]
+            results.append(out)
+    for deferred, eager in zip(*results, strict=True):
+        assert_images_ok(deferred.images, ["main"], (32, 32))
+        np.testing.assert_array_equal(deferred.images["main"], eager.images["main"])
+        np.testing.assert_array_equal(deferred.state, eager.state)
+    # The last chunk ran one step (the truncation), and its frame differs from the one before.
+    assert not np.array_equal(results[0][3].images["main"], results[0][2].images["main"])
 
 
 def test_expert_needs_full_state():

@@ -12,7 +12,10 @@ Protocol, in three layers:
 1. ``Sim`` - one simulator instance living in a worker process. ``reset(task, trial)`` puts it
    in the init state named by the id ``(task, trial)`` (same id -> same first observation, which
    is what GRPO groups need) and returns the first ``Obs`` plus the instruction; ``step(action)``
-   returns ``StepOut``. Adapters do their warm-up no-ops inside ``reset``.
+   returns ``StepOut``. Adapters do their warm-up no-ops inside ``reset``. A Sim whose images are
+   costly may also take ``step(action, observe=False)`` (the returned obs then has no images) and
+   offer ``observe()`` (the current observation): the worker then renders only the last state of
+   each chunk, the only one the policy sees.
 2. ``SimGroup`` - the M sims of one worker. ``SerialGroup`` wraps M ``Sim`` objects; a GPU-batched
    simulator (ManiSkill on CUDA) implements ``SimGroup`` directly as one vectorized env.
 3. ``EnvPool`` (pool.py) - P worker processes x M envs, observations in shared memory.
@@ -163,12 +166,19 @@ class SerialGroup:
         self.sims = sims
         self.spec = sims[0].spec
         self.num_envs = len(sims)
+        self.deferred = all(hasattr(s, "observe") for s in sims)
 
     def reset(self, env_ids, init_ids):
         return [self.sims[i].reset(int(t), int(r)) for i, (t, r) in zip(env_ids, init_ids, strict=True)]
 
-    def step(self, env_ids, actions):
+    def step(self, env_ids, actions, observe: bool = True):
+        if self.deferred:
+            return [self.sims[i].step(a, observe=observe) for i, a in zip(env_ids, actions, strict=True)]
         return [self.sims[i].step(a) for i, a in zip(env_ids, actions, strict=True)]
+
+    def observe(self, env_ids) -> list[Obs]:
+        """Current observations of ``env_ids`` (only when ``deferred``: every sim has ``observe``)."""
+        return [self.sims[i].observe() for i in env_ids]
 
     def close(self):
         for s in self.sims:

@@ -244,9 +244,11 @@ class MetaWorldSim:
         if self.cfg.render:
             img = self.env.render()
             images["main"] = np.ascontiguousarray(img[::-1] if self.cfg.flip else img)
-        state = raw[:4] if self.cfg.state == "hand" else raw
         self.last_raw = raw
-        return base.Obs(images=images, state=state.astype(np.float32))
+        return base.Obs(images=images, state=self._state(raw))
+
+    def _state(self, raw: np.ndarray) -> np.ndarray:
+        return (raw[:4] if self.cfg.state == "hand" else raw).astype(np.float32)
 
     def reset(self, task: int, trial: int) -> tuple[base.Obs, str]:
         name = self.names[task]
@@ -258,12 +260,21 @@ class MetaWorldSim:
         self.prev_success = False
         return self._obs(raw), INSTRUCTIONS[name]
 
-    def step(self, action) -> base.StepOut:
+    def step(self, action, observe: bool = True) -> base.StepOut:
         raw, _, _, truncated, info = self.env.step(np.asarray(action, np.float32))
         success = bool(info["success"] > 0)
         reward = float(success) - float(self.prev_success)
         self.prev_success = success
-        return base.StepOut(self._obs(raw), reward, success, bool(truncated), success)
+        if observe:
+            obs = self._obs(raw)
+        else:  # rendering is ~all of a step's cost; observe() renders when the image is needed
+            self.last_raw = raw
+            obs = base.Obs(images={}, state=self._state(raw))
+        return base.StepOut(obs, reward, success, bool(truncated), success)
+
+    def observe(self) -> base.Obs:
+        """The observation of the current state (the last step's, rendered now)."""
+        return self._obs(self.last_raw)
 
     def close(self):
         if self.env is not None:

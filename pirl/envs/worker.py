@@ -117,11 +117,15 @@ class Worker:
         flags = np.zeros((m, t_len), np.uint8)
         max_steps = self.spec.max_steps
         done = self.done.tolist()  # Python scalars: this loop runs per step, numpy scalars are slow
+        # Only each env's last state of the chunk is observed by the policy: a group that can defer
+        # its rendering renders that one state instead of every step.
+        deferred = getattr(self.group, "deferred", False)
+        step_kw = {"observe": False} if deferred else {}
         for t in range(t_len):
             live = [i for i in range(m) if not done[i]]
             if not live:
                 break
-            for i, so in zip(live, self.group.step(live, actions[live, t]), strict=True):
+            for i, so in zip(live, self.group.step(live, actions[live, t], **step_kw), strict=True):
                 self.steps[i] += 1
                 trunc = bool(so.truncated) or self.steps[i] >= max_steps
                 term = bool(so.terminated)
@@ -130,7 +134,11 @@ class Worker:
                 self.last[i] = so.obs
                 done[i] = term or trunc
         self.done[:] = done
-        for i in np.flatnonzero((flags & VALID).any(axis=1)):  # envs that stepped in this chunk
+        stepped = [int(i) for i in np.flatnonzero((flags & VALID).any(axis=1))]
+        if deferred and stepped:
+            for i, obs in zip(stepped, self.group.observe(stepped), strict=True):
+                self.last[i] = obs
+        for i in stepped:
             self.write(i, self.last[i])
         env_flags = self.done.astype(np.uint8) * DONE
         instructions = {}
