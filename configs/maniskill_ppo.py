@@ -10,6 +10,10 @@ Arguments (comma-separated): pi05; shrink (tiny random model, few envs, 64² ren
 PickCube-v1 instead of the Bridge scene, whose assets are a separate download; needs no
 checkpoint).
 
+On a GPU machine ``--config.env.backend=gpu`` simulates each worker's envs as one CUDA-batched
+ManiSkill env (the reference's setup); ``--config.env.reward_mode=dense`` swaps the success reward
+for the task's shaped one. The controller is the scene's registered one (``env.control_mode``).
+
 A real run must name its starting weights with ``--config.model.checkpoint`` (the reference starts
 from a few-shot SFT checkpoint) and needs ManiSkill's bridge_v2_real2sim assets (MS_ASSET_DIR).
 Only the action expert, projections and heads train, as in the reference; see
@@ -78,4 +82,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if args.get("shrink"):
         common.shrink(c)
         c.env.task = "PickCube-v1"  # runs offline, unlike the Bridge-asset scene
+        c.env.control_mode = "pd_ee_delta_pose"  # Panda's 7-d end-effector deltas, like the WidowX
     return c

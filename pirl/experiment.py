@@ -35,6 +35,8 @@ class ModelSpec:
       Without a checkpoint the norm stats are the identity.
     tokenizer: "paligemma" (downloaded once), "embedded" (built in-process, for small models), or
       a SentencePiece .model path.
+    discrete_state_input: "" the model's default (π0.5: the binned state goes into the prompt;
+      π0: a continuous state token), "on" or "off" to choose (π0 cannot take "on").
     """
 
     pi05: bool = False
@@ -51,6 +53,13 @@ class ModelSpec:
     checkpoint: str = ""
     asset_id: str = ""
     tokenizer: str = "paligemma"
+    discrete_state_input: str = ""
+
+    def __post_init__(self):
+        if self.discrete_state_input not in ("", "on", "off"):
+            raise ValueError(f"model.discrete_state_input must be '', 'on' or 'off', got {self.discrete_state_input!r}")
+        if self.discrete_state_input == "on" and not self.pi05:
+            raise ValueError("model.discrete_state_input='on' needs model.pi05=True (π0 has a continuous state token)")
 
     def pi0_config(self) -> pi0.Pi0Config:
         kw: dict[str, Any] = dict(
@@ -68,6 +77,8 @@ class ModelSpec:
             kw["max_token_len"] = self.max_token_len
         if self.vocab_size:
             kw["vocab_size"] = self.vocab_size
+        if self.discrete_state_input:
+            kw["discrete_state_input"] = self.discrete_state_input == "on"
         return pi0.Pi0Config(**kw)
 
 
@@ -81,6 +92,9 @@ class EnvSection:
     num_stages: 2 overlaps inference for one half of the envs with stepping of the other.
     group_size: GRPO's G: G consecutive envs start from the same init state.
     tasks: restrict training to these task ids (empty: all).
+    control_mode, reward_mode, backend: ManiSkill only. control_mode "" is the task's registered
+      controller; reward_mode "" is the success indicator, "dense"/"normalized_dense" the task's
+      shaped reward; backend "gpu" simulates each worker's envs as one CUDA-batched env.
     """
 
     sim: str = "metaworld"
@@ -100,10 +114,22 @@ class EnvSection:
     gl: str = ""  # MUJOCO_GL for workers: "egl", "osmesa" or "" (leave as is)
     seed: int = 0
     timeout_s: float = 600.0
+    control_mode: str = ""
+    reward_mode: str = ""
+    backend: str = "cpu"
 
     def __post_init__(self):
         if self.sim not in SIMS:
             raise ValueError(f"env.sim must be one of {SIMS}, got {self.sim!r}")
+        if self.sim != "maniskill":
+            for name, unset in (("control_mode", ""), ("reward_mode", ""), ("backend", "cpu")):
+                if getattr(self, name) != unset:
+                    raise ValueError(f"env.{name} applies to ManiSkill only (env.sim={self.sim!r})")
+        if self.backend not in ("cpu", "gpu"):
+            raise ValueError(f"env.backend must be 'cpu' or 'gpu', got {self.backend!r}")
+        modes = ("", "sparse", "dense", "normalized_dense")
+        if self.reward_mode not in modes:
+            raise ValueError(f"env.reward_mode must be one of {modes}, got {self.reward_mode!r}")
         if self.num_envs % self.num_workers:
             raise ValueError(f"env.num_envs={self.num_envs} is not a multiple of env.num_workers={self.num_workers}")
         if self.num_envs % self.group_size:
@@ -278,6 +304,9 @@ def sim_factory(
             max_steps=steps,
             num_trials=trials,
             binarize_gripper=0.5,
+            control_mode=env.control_mode or None,
+            reward_mode=env.reward_mode or "sparse",
+            backend=env.backend,
         )
     from pirl.envs import toy
 

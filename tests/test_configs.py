@@ -223,6 +223,45 @@ def test_inconsistent_override_is_rejected():
         cli.to_experiment(c)
 
 
+def test_discrete_state_input_switch():
+    # π0.5 bins the state into the prompt by default; "off" gives it π0's continuous state token.
+    assert build("libero_ppo", "suite=spatial,pi05").model.pi0_config().discrete_state_input
+    assert not build("libero_ppo", "suite=spatial").model.pi0_config().discrete_state_input
+    from configs import libero_ppo
+
+    c = libero_ppo.get_config("suite=spatial,pi05")
+    c.model.discrete_state_input = "off"
+    exp, _ = cli.to_experiment(c)
+    assert not exp.model.pi0_config().discrete_state_input
+    assert not experiment.env_transform(exp, ("main",), 7).discrete_state_input
+    c = libero_ppo.get_config("suite=spatial")
+    c.model.discrete_state_input = "on"
+    with pytest.raises(cli.ConfigError, match="pi05"):
+        cli.to_experiment(c)
+
+
+def test_maniskill_env_options_reach_the_sim():
+    from configs import maniskill_ppo
+
+    full = experiment.sim_factory(build("maniskill_ppo", "").env)
+    assert full.control_mode is None and full.reward_mode == "sparse" and full.backend == "cpu"
+    assert experiment.sim_factory(build("maniskill_ppo", "shrink").env).control_mode == "pd_ee_delta_pose"
+    c = maniskill_ppo.get_config("")
+    c.env.update(backend="gpu", reward_mode="dense", control_mode="pd_joint_delta_pos")
+    exp, _ = cli.to_experiment(c)
+    sim = experiment.sim_factory(exp.env)
+    assert (sim.backend, sim.reward_mode, sim.control_mode) == ("gpu", "dense", "pd_joint_delta_pos")
+    c.env.reward_mode = "shaped"
+    with pytest.raises(cli.ConfigError, match="reward_mode"):
+        cli.to_experiment(c)
+    from configs import metaworld_ppo
+
+    c = metaworld_ppo.get_config("benchmark=mt50")
+    c.env.backend = "gpu"
+    with pytest.raises(cli.ConfigError, match="ManiSkill only"):
+        cli.to_experiment(c)
+
+
 # ---------------------------------------------------------------- one training iteration per file
 
 

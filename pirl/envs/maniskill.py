@@ -86,7 +86,8 @@ class ManiSkillConfig:
       image_size: (H, W) of the camera.
       render: False observes state only (no camera, no Vulkan rendering).
       camera: sensor name; None takes the task's first sensor camera.
-      control_mode: ManiSkill controller, e.g. "pd_ee_delta_pose" or "pd_joint_delta_pos".
+      control_mode: ManiSkill controller, e.g. "pd_ee_delta_pose" or "pd_joint_delta_pos"; None
+        takes the task's registered default.
       reward_mode: "sparse" (success) or "dense"/"normalized_dense" (the task's shaped reward).
       max_steps: None takes the task's registered episode limit.
       num_trials: seeds per task.
@@ -98,7 +99,7 @@ class ManiSkillConfig:
     image_size: tuple[int, int] = (128, 128)
     render: bool = True
     camera: str | None = None
-    control_mode: str = "pd_ee_delta_pose"
+    control_mode: str | None = "pd_ee_delta_pose"
     reward_mode: str = "sparse"
     max_steps: int | None = None
     num_trials: int = 1000
@@ -124,7 +125,6 @@ class ManiSkillConfig:
         kw = dict(
             num_envs=num_envs,
             obs_mode="rgb" if self.render else "state_dict",
-            control_mode=self.control_mode,
             reward_mode=self.reward_mode,
             sim_backend="physx_cuda" if self.backend == "gpu" else "physx_cpu",
             render_backend=("gpu" if self.backend == "gpu" else "cpu") if self.render else "none",
@@ -133,6 +133,8 @@ class ManiSkillConfig:
             kw["sensor_configs"] = dict(width=w, height=h)
         if self.max_steps is not None:
             kw["max_episode_steps"] = self.max_steps
+        if self.control_mode is not None:
+            kw["control_mode"] = self.control_mode
         return gym.make(name, **kw)
 
     def __call__(self, worker_index: int, num_envs: int) -> base.SimGroup:
