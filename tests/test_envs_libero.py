@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("libero")
 
-from envs_helpers import LIBERO_ASSETS, ROOT, NoJax, assert_images_ok
+from envs_helpers import LIBERO_ASSETS, ROOT, NoJax, RenderEveryStep, assert_images_ok
 
 from pirl.envs import libero as lb
 from pirl.envs import pool
@@ -90,6 +90,30 @@ def test_libero_envs_through_pool():
         assert r.valid.all() and not r.success.any() and not r.done.any()
         np.testing.assert_array_equal(r.episode_length, [5, 5])
         assert (r.obs.state[:, 2] > s[2] + 0.01).all()  # the end effector went up
+
+
+def test_deferred_render_equals_rendering_every_step():
+    """Cameras render once per chunk (and on an episode's last step); every observation the pool
+    returns must equal that of sims rendering every step, the step-limit cut mid-chunk included."""
+    cfg = lb.LiberoConfig(
+        suite="libero_spatial", image_size=(32, 32), assets_dir=LIBERO_ASSETS, warmup_steps=3, max_steps=7
+    )
+    chunk = 3  # 7 steps = 3 + 3 + 1
+    actions = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 3 * chunk, 7)).astype(np.float32)
+    ids = np.array([[0, 0], [3, 1]])
+    results = []
+    for factory in (NoJax(cfg), RenderEveryStep(cfg)):
+        with pool.EnvPool(factory, pool.PoolConfig(2, 1, gl="egl")) as p:
+            out = [p.reset(ids)]
+            out += [p.step_chunk(actions[:, c * chunk : (c + 1) * chunk]).obs for c in range(3)]
+            out.append(p.reset(ids[::-1]))  # a second episode after the cut one starts alike
+            results.append(out)
+    for deferred, eager in zip(*results, strict=True):
+        assert_images_ok(deferred.images, ["main", "wrist"], (32, 32))
+        for cam in ("main", "wrist"):
+            np.testing.assert_array_equal(deferred.images[cam], eager.images[cam])
+        np.testing.assert_array_equal(deferred.state, eager.state)
+    assert not np.array_equal(results[0][3].images["wrist"], results[0][2].images["wrist"])
 
 
 @pytest.mark.slow

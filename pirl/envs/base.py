@@ -14,8 +14,9 @@ Protocol, in three layers:
    is what GRPO groups need) and returns the first ``Obs`` plus the instruction; ``step(action)``
    returns ``StepOut``. Adapters do their warm-up no-ops inside ``reset``. A Sim whose images are
    costly may also take ``step(action, observe=False)`` (the returned obs then has no images) and
-   offer ``observe()`` (the current observation): the worker then renders only the last state of
-   each chunk, the only one the policy sees.
+   offer ``observe()`` (the observation of the current state): the worker asks for images only on
+   a chunk's last step, and calls ``observe()`` for episodes that ended earlier in the chunk. Only
+   each chunk's last observation reaches the policy, so nothing it sees changes.
 2. ``SimGroup`` - the M sims of one worker. ``SerialGroup`` wraps M ``Sim`` objects; a GPU-batched
    simulator (ManiSkill on CUDA) implements ``SimGroup`` directly as one vectorized env.
 3. ``EnvPool`` (pool.py) - P worker processes x M envs, observations in shared memory.

@@ -191,8 +191,37 @@ class LiberoConfig:
         return base.SerialGroup([LiberoSim(self) for _ in range(num_envs)])
 
 
+CAMERA_OBSERVABLES = {"main": "agentview_image", "wrist": "robot0_eye_in_hand_image"}
+
+
+class _LazyCamera:
+    """Stands in for a robosuite camera sensor: renders through the real one only while ``on``,
+    else returns a blank frame. robosuite samples each observable once per control step at a phase
+    set by its own timers; swapping the sensor (not disabling the observable, which resets the
+    timers) leaves that schedule, and so every observed frame and state, exactly as it was."""
+
+    def __init__(self, real, shape: tuple[int, int]):
+        self.real, self.on = real, False
+        self.__modality__ = real.__modality__  # what robosuite's sensor decorator sets
+        self.blank = np.zeros((*shape, 3), np.uint8)
+
+    def __call__(self, obs_cache):
+        return self.real(obs_cache) if self.on else self.blank
+
+
+def _upright(frame: np.ndarray) -> np.ndarray:
+    """robosuite's frames come out rotated by 180 degrees."""
+    return np.ascontiguousarray(frame[::-1, ::-1])
+
+
 class LiberoSim:
-    """One LIBERO env; the robosuite env is rebuilt when a reset switches task."""
+    """One LIBERO env; the robosuite env is rebuilt when a reset switches task.
+
+    Cameras render only on steps whose observation is asked for (``step(observe=True)``, and the
+    step that reaches the step limit); ``observe()`` renders the current state for an episode that
+    ended by success earlier in a chunk (robosuite's own frame of that step was sampled after its
+    first physics substep, ours after its last; the policy never sees either).
+    """
 
     def __init__(self, cfg: LiberoConfig):
         self.cfg, self.spec = cfg, cfg.spec()
@@ -203,6 +232,8 @@ class LiberoSim:
         self._suites: dict[str, object] = {}
         self.env, self.task = None, -1
         self.prev_success, self.t, self.limit = False, 0, 0
+        self.cams: dict[str, _LazyCamera] = {}
+        self.last_raw: dict | None = None
 
     def _suite(self, name: str):
         if name not in self._suites:
@@ -226,15 +257,28 @@ class LiberoSim:
             self.instruction = suite.get_task(idx).language
         return self.env
 
-    def _obs(self, raw: dict) -> base.Obs:
-        images = {}
-        if self.cfg.render:
-            images["main"] = np.ascontiguousarray(raw["agentview_image"][::-1, ::-1])
-            images["wrist"] = np.ascontiguousarray(raw["robot0_eye_in_hand_image"][::-1, ::-1])
+    def _obs(self, raw: dict, images: dict | None = None) -> base.Obs:
+        """``images`` None reads the frames robosuite sampled into ``raw``; {} gives none."""
+        self.last_raw = raw
+        if images is None and self.cfg.render:
+            images = {key: _upright(raw[name]) for key, name in CAMERA_OBSERVABLES.items()}
         state = np.concatenate(
             [raw["robot0_eef_pos"], quat_to_axis_angle(raw["robot0_eef_quat"]), raw["robot0_gripper_qpos"]]
         )
-        return base.Obs(images=images, state=state.astype(np.float32))
+        return base.Obs(images=images or {}, state=state.astype(np.float32))
+
+    def _wrap_cameras(self, env):
+        """Installs the lazy camera sensors (a hard reset brings fresh real ones each time)."""
+        if not self.cfg.render:
+            return
+        robo = env.env  # the robosuite env inside LIBERO's wrapper
+        for key, name in CAMERA_OBSERVABLES.items():
+            self.cams[key] = _LazyCamera(robo._observables[name]._sensor, self.cfg.image_size)
+            robo.modify_observable(name, "sensor", self.cams[key])
+
+    def _render(self, on: bool):
+        for cam in self.cams.values():
+            cam.on = on
 
     def reset(self, task: int, trial: int) -> tuple[base.Obs, str]:
         env = self._make(task)
@@ -242,19 +286,33 @@ class LiberoSim:
         # hard reset; re-seeding makes the same (task, trial) the same scene every time.
         env.seed(self.cfg.seed)
         env.reset()
+        self._wrap_cameras(env)
+        warmup = self.cfg.warmup_steps
+        self._render(warmup == 0)
         raw = env.set_init_state(self.init_states[trial])
-        for _ in range(self.cfg.warmup_steps):
+        for i in range(warmup):
+            self._render(i == warmup - 1)
             raw, *_ = env.step(NOOP)
         self.prev_success, self.t, self.limit = False, 0, self.cfg.task_max_steps(task)
         return self._obs(raw), self.instruction
 
-    def step(self, action) -> base.StepOut:
+    def step(self, action, observe: bool = True) -> base.StepOut:
+        observe = observe or self.t + 1 >= self.limit  # an episode's last step is always observed
+        self._render(observe)
         raw, _, done, _ = self.env.step(np.asarray(action, np.float64))
         self.t += 1
         success = bool(done)  # LIBERO's done is exactly "the BDDL goal holds"
         reward = float(success and not self.prev_success)
         self.prev_success = success
-        return base.StepOut(self._obs(raw), reward, success, self.t >= self.limit, success)
+        obs = self._obs(raw, None if observe else {})
+        return base.StepOut(obs, reward, success, self.t >= self.limit, success)
+
+    def observe(self) -> base.Obs:
+        """The current state's observation, cameras rendered now (robosuite's timers untouched)."""
+        if not self.cfg.render:
+            return self._obs(self.last_raw)
+        images = {key: _upright(cam.real({})) for key, cam in self.cams.items()}
+        return self._obs(self.last_raw, images)
 
     def close(self):
         if self.env is not None:

@@ -267,13 +267,13 @@ class MetaWorldSim:
         self.prev_success = success
         if observe:
             obs = self._obs(raw)
-        else:  # rendering is ~all of a step's cost; observe() renders when the image is needed
+        else:  # rendering is ~all of a step's cost; skipped for states the policy never sees
             self.last_raw = raw
             obs = base.Obs(images={}, state=self._state(raw))
         return base.StepOut(obs, reward, success, bool(truncated), success)
 
     def observe(self) -> base.Obs:
-        """The observation of the current state (the last step's, rendered now)."""
+        """The observation of the current state (the last step's: MuJoCo renders mjData as it is)."""
         return self._obs(self.last_raw)
 
     def close(self):

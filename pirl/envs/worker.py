@@ -120,11 +120,11 @@ class Worker:
         # Only each env's last state of the chunk is observed by the policy: a group that can defer
         # its rendering renders that one state instead of every step.
         deferred = getattr(self.group, "deferred", False)
-        step_kw = {"observe": False} if deferred else {}
         for t in range(t_len):
             live = [i for i in range(m) if not done[i]]
             if not live:
                 break
+            step_kw = {"observe": t == t_len - 1} if deferred else {}
             for i, so in zip(live, self.group.step(live, actions[live, t], **step_kw), strict=True):
                 self.steps[i] += 1
                 trunc = bool(so.truncated) or self.steps[i] >= max_steps
@@ -135,8 +135,9 @@ class Worker:
                 done[i] = term or trunc
         self.done[:] = done
         stepped = [int(i) for i in np.flatnonzero((flags & VALID).any(axis=1))]
-        if deferred and stepped:
-            for i, obs in zip(stepped, self.group.observe(stepped), strict=True):
+        unseen = [i for i in stepped if self.spec.cameras and not self.last[i].images] if deferred else []
+        if unseen:  # episodes that ended before the chunk's last step
+            for i, obs in zip(unseen, self.group.observe(unseen), strict=True):
                 self.last[i] = obs
         for i in stepped:
             self.write(i, self.last[i])
