@@ -1,0 +1,165 @@
+"""launch/colab notebooks: stored clean, and executed top to bottom at test sizes.
+
+Each notebook's first code cell (tagged "parameters", papermill's convention) holds the Colab
+defaults; the tests insert a cell after it that shrinks the run (tiny model, a checkpoint written
+here, 1 task × 1 trial, short episodes) and execute the notebook in a fresh kernel, outside Colab,
+so its install step only moves to the repository root.
+"""
+
+import ast
+import json
+import os
+import pathlib
+
+import numpy as np
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+NB_DIR = ROOT / "launch" / "colab"
+NOTEBOOKS = ("quickstart.ipynb", "eval_checkpoint.ipynb", "denoising_chain.ipynb")
+LIBERO_ASSETS = os.environ.get("PIRL_LIBERO_ASSETS", str(ROOT.parent / "shared" / "libero-assets"))
+
+
+def _parameters_cell(nb) -> int:
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"expected one cell tagged 'parameters', found {len(tagged)}"
+    return tagged[0]
+
+
+def _parameter_names(nb) -> set[str]:
+    tree = ast.parse(nb.cells[_parameters_cell(nb)].source)
+    return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets}
+
+
+def execute(name: str, params: dict, out_dir: pathlib.Path):
+    """Runs launch/colab/<name> with ``params`` injected after its parameters cell; returns the
+    executed notebook (also written to out_dir for inspection)."""
+    nb = nbformat.read(NB_DIR / name, as_version=4)
+    unknown = set(params) - _parameter_names(nb)
+    assert not unknown, f"{name} has no parameters {sorted(unknown)}"
+    source = "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    cell = nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]})
+    nb.cells.insert(_parameters_cell(nb) + 1, cell)
+    # One CPU device as on a user's machine; unoptimized XLA because compile time dominates here.
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_backend_optimization_level=0", PYTHONPATH=str(ROOT))
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NB_DIR)}}
+    )
+    try:
+        client.execute(env=env)
+    finally:
+        nbformat.write(nb, out_dir / name)
+    return nb
+
+
+def _outputs(nb, kind: str) -> list:
+    """Every output of the executed notebook with the given MIME type (or 'stream' text)."""
+    found = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if kind == "stream" and out.output_type == "stream":
+                found.append(out.text)
+            elif kind in out.get("data", {}):
+                found.append(out.data[kind])
+    return found
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_stored_notebooks_are_clean(name):
+    nb = nbformat.read(NB_DIR / name, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: stored with outputs"
+    params = nb.cells[_parameters_cell(nb)]
+    assert params.cell_type == "code"
+    assert all(c.cell_type == "markdown" for c in nb.cells[: _parameters_cell(nb)]), "parameters come first"
+    assert {"REPO_URL", "WORKDIR"} <= _parameter_names(nb)
+
+
+@pytest.mark.slow
+def test_quickstart_notebook(tmp_path):
+    workdir = tmp_path / "run"
+    overrides = [
+        # 2 demos, 4 SFT steps, one PPO iteration of 2 envs × 12 chunk steps, evals of 2 × 10 steps.
+        "--config.sft.num_demos=2",
+        "--config.sft.holdout_demos=0",
+        "--config.sft.steps=4",
+        "--config.sft.log_every=2",
+        "--config.model.image_size=28",
+        "--config.env.num_envs=2",
+        "--config.rl.minibatch_size=24",
+        "--config.rl.micro_batch_size=24",
+        "--config.rl.update_epochs=1",
+        "--config.train.iterations=1",
+        "--config.train.eval_every=1",
+        "--config.train.progress=False",
+        "--config.train.tensorboard=False",
+        "--config.eval.num_envs=2",
+        "--config.eval.num_trials=1",
+        "--config.eval.max_steps=10",
+    ]
+    nb = execute("quickstart.ipynb", {"WORKDIR": str(workdir), "GPU": False, "OVERRIDES": overrides}, tmp_path)
+    from pirl import logging
+
+    rows = logging.read_metrics(workdir)
+    # Eval before training (iteration 0) and after the one PPO iteration.
+    assert [r["step"] for r in rows if "eval/success" in r] == [0, 1]
+    assert any("env/success_once" in r and r["step"] == 1 for r in rows)
+    assert (workdir / "sft" / "params").is_dir()  # the SFT stage ran and the RL started from it
+    text = "".join(_outputs(nb, "stream"))
+    assert "eval success by iteration: [(0, " in text and "--config=configs/quickstart.py " in text
+    assert (workdir / "learning_curve.png").stat().st_size > 1000
+    assert len(_outputs(nb, "image/png")) == 1
+    # Both evaluations (iterations 0 and 1) recorded 2 envs; all four videos are shown inline.
+    videos = sorted(workdir.glob("videos/eval_it*/*.mp4"))
+    assert len(videos) == 4
+    shown = [h for h in _outputs(nb, "text/html") if "<video" in h]
+    assert len(shown) == 4 and all("base64" in h for h in shown)
+
+
+@pytest.fixture(scope="module")
+def tiny_libero_checkpoint(tmp_path_factory):
+    """A tiny π0.5 in openpi's layout with LIBERO-shaped norm stats (state 8, actions 7)."""
+    import jax
+
+    from pirl import checkpoints
+    from pirl.data import norm_stats as ns
+    from pirl.models import pi0
+
+    config = pi0.Pi0Config.tiny(pi05=True)
+    params = jax.device_get(pi0.init_params(config, jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    stats = {"state": ns.compute(rng.normal(size=(64, 8))), "actions": ns.compute(rng.uniform(-1, 1, (64, 7)))}
+    path = tmp_path_factory.mktemp("ckpt") / "pi05_tiny_libero"
+    checkpoints.save_openpi(path, params, norm_stats=stats, asset_id="physical-intelligence/libero")
+    return str(path)
+
+
+@pytest.mark.slow
+def test_eval_checkpoint_notebook(tmp_path, tiny_libero_checkpoint):
+    pytest.importorskip("libero")
+    workdir = tmp_path / "eval_run"
+    params = {
+        "CHECKPOINT": tiny_libero_checkpoint,
+        "CONFIG_ARG": "suite=spatial,pi05,shrink",  # shrink: embedded tokenizer, 64² renders
+        "PROTOCOL": "",
+        "TASKS": (0,),
+        "NUM_TRIALS": 1,
+        "MAX_STEPS": 10,
+        "NUM_ENVS": 1,
+        "LIBERO_ASSETS": LIBERO_ASSETS,
+        "WORKDIR": str(workdir),
+    }
+    nb = execute("eval_checkpoint.ipynb", params, tmp_path)
+    res = json.loads((workdir / "eval" / "results.json").read_text())
+    assert list(res["per_task"]) == ["libero_spatial/0"] and res["per_task"]["libero_spatial/0"]["trials"] == 1
+    # One episode of at most 10 steps (5-action chunks: 2 chunks unless it succeeds first).
+    assert res["episodes"] == 1 and 1 <= res["episodes_detail"]["length"][0] <= 10
+    text = "".join(_outputs(nb, "stream"))
+    assert "libero_spatial/0" in text and "average" in text and "max_steps=10" in text
+    shown = [h for h in _outputs(nb, "text/html") if "<video" in h]
+    assert len(shown) == 1 == len(res["videos"])
