@@ -163,3 +163,37 @@ def test_eval_checkpoint_notebook(tmp_path, tiny_libero_checkpoint):
     assert "libero_spatial/0" in text and "average" in text and "max_steps=10" in text
     shown = [h for h in _outputs(nb, "text/html") if "<video" in h]
     assert len(shown) == 1 == len(res["videos"])
+
+
+@pytest.mark.slow
+def test_denoising_chain_notebook(tmp_path, tiny_libero_checkpoint):
+    pytest.importorskip("libero")
+    workdir = tmp_path / "chain"
+    params = {
+        "CHECKPOINT": tiny_libero_checkpoint,
+        "CONFIG_ARG": "suite=spatial,pi05,shrink",
+        "NUM_STEPS": 3,
+        "NOISE_LEVEL": 0.5,
+        "DIMS": (0, 6),
+        "LIBERO_ASSETS": LIBERO_ASSETS,
+        "WORKDIR": str(workdir),
+    }
+    nb = execute("denoising_chain.ipynb", params, tmp_path)
+    s = json.loads((workdir / "denoising.json").read_text())
+    # std_k = √Δ·a·√(t_k / (1 − t_k)), Δ = 1/3, a = 0.5, t = 1, 2/3, 1/3 (t = 1 divides by 1 − t_1 = 1/3):
+    #   k = 0: √(1/3)·0.5·√3 = 0.5;  k = 1: √(1/3)·0.5·√2 = 0.5·√(2/3);  k = 2: √(1/3)·0.5/√2 = 0.5·√(1/6).
+    np.testing.assert_allclose(s["step_std"], [0.5, 0.5 * np.sqrt(2 / 3), 0.5 * np.sqrt(1 / 6)], rtol=1e-6)
+    np.testing.assert_allclose(s["t"], [1, 2 / 3, 1 / 3, 0], atol=1e-7)
+    # The joint log-prob is the mean of the K + 1 = 4 terms (prior of x_0 and 3 steps) that the
+    # notebook recomputed step by step from the stored chain, and re-scoring agrees with sampling.
+    assert len(s["logp_terms"]) == 4
+    assert s["logp_sum"] == pytest.approx(sum(s["logp_terms"]))
+    assert s["logp_sum"] == pytest.approx(4 * s["flow_sample_logp"], rel=1e-5, abs=1e-4)
+    assert s["flow_score_logp"] == pytest.approx(s["flow_sample_logp"], rel=1e-5, abs=1e-4)
+    # The ODE chain from the same x_0 ends at openpi's Euler sampler's and at flow.sample(train=False)'s actions.
+    assert s["ode_vs_openpi"] < 1e-5 and s["ode_vs_eval"] < 1e-5
+    train, evaluated = np.array(s["env_actions"]["train"]), np.array(s["env_actions"]["eval"])
+    assert train.shape == evaluated.shape == (5, 7) and np.abs(train - evaluated).max() > 1e-3
+    text = "".join(_outputs(nb, "stream"))
+    assert "sum of the K + 1 terms" in text and "(K + 1) × flow.sample's log-prob" in text
+    assert len(_outputs(nb, "image/png")) == 3  # the cameras, the chains, the per-step log-probs
