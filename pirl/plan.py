@@ -384,7 +384,7 @@ def main(argv):
         print(f"# check: {note}")
     for r in rows:
         if not r.fits:
-            print(f"# {r.devices} devices do not fit {_MEMORY_GB.value:g} GB: {advice(r, exp)}")
+            print(f"# {r.devices} devices do not fit {_MEMORY_GB.value:g} GiB: {advice(r, exp)}")
 
 
 if __name__ == "__main__":
