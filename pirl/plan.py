@@ -16,9 +16,13 @@ shardings, so nothing is allocated. It prints per device, in GiB:
   sample     scratch of one rollout sampling call (XLA's temp size), KV cache included;
   kv         the prefix KV cache of one rollout call, from the model's sizes (a cross-check);
   eval       scratch of one evaluation sampling call;
-  update     scratch of the update (gradients, activations, the shuffled batch);
-  total      params + optimizer + max(buffer + max(sample, update), eval): the buffer fills
-             during the rollout and lives through the update; evaluation runs between them.
+  flatten    scratch of batching: the rollout epochs' [R, T, N] arrays → the flat [R·T·N] batch;
+  update     scratch of the update (gradients, activations, the re-laid-out batch);
+  total      the largest phase of an iteration, as ``pirl.train`` holds its arrays (on top of
+             params + optimizer): rollout = buffer + sample; batching = 3 × buffer + flatten (the
+             trajectories, their stacked copy and the flat batch); update = 2 × buffer + update
+             (the trajectories stay referenced until the iteration's metrics are taken);
+             evaluation = eval.
 
 Mesh specs: ``8`` (the config's mesh section resolved on 8 devices), ``1,4,8`` (one row per device
 count), ``data:2,fsdp:4`` (explicit axes). Without accelerators the devices are faked on the host
@@ -40,7 +44,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
+from pirl import batch as batch_lib
 from pirl import experiment, rollout, sharding
 from pirl.models import pi0
 from pirl.rl import flow
@@ -202,14 +208,30 @@ class Row:
     sample: int
     kv: int
     eval: int
+    flatten: int
     update: int
-    update_args: int  # XLA's argument size of the update: params + optimizer + buffer + key
+    update_args: int  # XLA's argument size of the update: params + optimizer + buffer + key, less unused inputs
     budget: int
     compile_s: float
 
     @property
+    def phases(self) -> dict[str, int]:
+        """Peak bytes of each phase of a training iteration (module doc)."""
+        resident = self.params + self.optimizer
+        return {
+            "rollout": resident + self.buffer + self.sample,
+            "batching": resident + 3 * self.buffer + self.flatten,
+            "update": resident + 2 * self.buffer + self.update,
+            "eval": resident + self.eval,
+        }
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.get)
+
+    @property
     def total(self) -> int:
-        return self.params + self.optimizer + max(self.buffer + max(self.sample, self.update), self.eval)
+        return max(self.phases.values())
 
     @property
     def fits(self) -> bool:
@@ -259,6 +281,11 @@ def plan_one(
     n_samples = experiment.rollout_samples(exp)
     batch = abstract_batch(exp, model, params, n_samples)
     batch_sh = jax.tree.map(lambda _: data_sh, batch)
+    # to_batch stacks the R rollout epochs' [T, N] trajectories (N split over the batch axes).
+    rtn = (exp.train.rollout_epochs, experiment.chunk_steps(exp), exp.env.num_envs)
+    stacked_sh = NamedSharding(mesh, PartitionSpec(None, None, sharding.BATCH_AXES))
+    stacked = jax.tree.map(lambda x: jax.ShapeDtypeStruct((*rtn, *x.shape[1:]), x.dtype, sharding=stacked_sh), batch)
+    flatten = _temp(batch_lib._flattener(mesh).lower(stacked).compile())
     step = upd.jit_update(exp.policy, model, exp.rl, mesh, state_sh)
     compiled = step.lower(state, batch, key).compile()
     mem = compiled.memory_analysis()
@@ -277,6 +304,7 @@ def plan_one(
         sample=sample,
         kv=kv_cache_bytes(model, rollout_rows),
         eval=evaluation,
+        flatten=flatten,
         update=int(mem.temp_size_in_bytes),
         update_args=int(mem.argument_size_in_bytes),
         budget=int(memory_gb * GIB),
@@ -302,34 +330,38 @@ def advice(row: Row, exp: experiment.Experiment) -> str:
     if not exp.model.remat:
         fixes.append((max(row.update, row.sample), "rematerialize the blocks (--config.model.remat=True)"))
     fixes.append(
-        (row.buffer, "a smaller rollout per update (--config.train.rollout_epochs or --config.env.num_envs lower)")
+        (
+            2 * row.buffer + row.flatten,
+            "a smaller rollout per update (--config.train.rollout_epochs or --config.env.num_envs lower)",
+        )
     )
     fixes.sort(key=lambda f: -f[0])
     return "; ".join(f for _, f in fixes) + "; or more devices (activations and the buffer split over them)"
 
 
-def describe(exp: experiment.Experiment) -> str:
+def describe(exp: experiment.Experiment, params_dtype: str | None = None) -> str:
     model = exp.model.pi0_config()
     name = "π0.5" if model.pi05 else "π0"
     n_params = pi0.count_params(pi0.param_shapes(model))
     return (
-        f"{name} ({model.paligemma_variant} + {model.action_expert_variant}, {n_params / 1e9:.2f}B params, "
-        f"{exp.model.dtype}, remat={exp.model.remat}), trainable={exp.rl.trainable}, K={exp.policy.num_steps}, "
+        f"{name} ({model.paligemma_variant} + {model.action_expert_variant}, {n_params / 1e9:.2f}B params "
+        f"in {params_dtype or 'float32'}, compute {exp.model.dtype}, remat={exp.model.remat}), "
+        f"trainable={exp.rl.trainable}, K={exp.policy.num_steps}, "
         f"{exp.env.num_envs} envs / {exp.env.num_stages} stage(s), rollout {experiment.rollout_samples(exp)} samples, "
         f"micro-batch {exp.rl.micro_batch_size}, eval {exp.eval.num_envs} envs"
     )
 
 
-COLUMNS = ("params", "optimizer", "buffer", "sample", "kv", "eval", "update")
+COLUMNS = ("params", "optimizer", "buffer", "sample", "kv", "eval", "flatten", "update")
 
 
 def format_table(rows: list[Row]) -> str:
-    head = ["devices", "mesh", "rows/dev", *COLUMNS, "total", "budget", "fits"]
+    head = ["devices", "mesh", "rows/dev", *COLUMNS, "total", "peak in", "budget", "fits"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         cells = [str(r.devices), r.mesh, f"{r.rollout_rows}/{r.eval_rows}"]
         cells += [f"{getattr(r, c) / GIB:.2f}" for c in COLUMNS]
-        cells += [f"{r.total / GIB:.2f}", f"{r.budget / GIB:.0f}", "yes" if r.fits else "NO"]
+        cells += [f"{r.total / GIB:.2f}", r.peak_phase, f"{r.budget / GIB:.3g}", "yes" if r.fits else "NO"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -366,7 +398,7 @@ def main(argv):
         exp, _ = cli.to_experiment(config, extra)
         targets = parse_mesh(_MESH.value, exp.mesh)
         fake_host_devices(max(n for n, _ in targets))
-        print(f"# plan: {describe(exp)}")
+        print(f"# plan: {describe(exp, _PARAMS_DTYPE.value or None)}")
         rows = []
         for n, mesh_config in targets:
             row = plan_one(exp, mesh_config, devices_for(n), _MEMORY_GB.value, _PARAMS_DTYPE.value or None)
@@ -375,11 +407,15 @@ def main(argv):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    print(f"# GiB per device, compiled on {rows[0].platform}")
+    platforms = sorted({r.platform for r in rows})
+    print(f"# GiB per device (--memory_gb in GiB), compiled for {', '.join(platforms)}")
     print(format_table(rows))
-    if rows[0].platform == "cpu":
+    if "cpu" in platforms:
         print("# CPU-compiled scratch sizes (sample, eval, update) approximate a GPU's: XLA fuses differently there.")
-    print("# total = params + optimizer + max(buffer + max(sample, update), eval); kv is part of sample")
+    print(
+        "# total: the largest phase on top of params + optimizer: rollout (buffer + sample), batching "
+        "(3 × buffer + flatten), update (2 × buffer + update), eval; kv is part of sample"
+    )
     for note in (c for r in rows for c in checks(r)):
         print(f"# check: {note}")
     for r in rows:

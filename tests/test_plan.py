@@ -81,7 +81,7 @@ def test_buffer_and_kv_cache_by_hand(planned):
     assert (row.rollout_rows, row.eval_rows) == (1, 2)  # eval: 10 envs padded to 16 → 2 per device
     assert row.kv == 2 * 2 * 1 * 72 * 1 * 16 * 4
     assert 0 < row.kv <= row.sample
-    assert row.update > 0 and row.eval > 0
+    assert row.update > 0 and row.eval > 0 and row.flatten >= 0
     # XLA's own view of the update's inputs: params + optimizer + buffer + the 8-byte key, less
     # value_old (12 rows × 4 B), which jit drops as unused: the update recomputes θ_old's values.
     assert row.update_args == row.params + row.optimizer + row.buffer + 8 - 12 * 4
@@ -90,9 +90,17 @@ def test_buffer_and_kv_cache_by_hand(planned):
 
 def test_fits_flips_with_the_budget(planned):
     exp, row = planned
-    assert row.fits and row.total == row.params + row.optimizer + max(
-        row.buffer + max(row.sample, row.update), row.eval
-    )
+    # The phases of an iteration on top of params + optimizer: rollout (buffer + sampler scratch),
+    # batching (trajectories + stacked copy + flat batch + flattener scratch), update (trajectories
+    # + flat batch + update scratch), eval.
+    resident = row.params + row.optimizer
+    phases = [
+        resident + row.buffer + row.sample,
+        resident + 3 * row.buffer + row.flatten,
+        resident + 2 * row.buffer + row.update,
+        resident + row.eval,
+    ]
+    assert row.fits and row.total == max(phases) and row.phases[row.peak_phase] == row.total
     tight = dataclasses.replace(row, budget=int(0.001 * plan.GIB))
     assert not tight.fits
     text = plan.advice(tight, exp)
