@@ -3,7 +3,7 @@
     python -m pirl.plan --config=configs/libero_ppo.py:suite=spatial --mesh=1,4,8
     python -m pirl.plan --config=configs/libero_ppo.py:suite=spatial,pi05 --mesh=data:2,fsdp:4 --memory_gb=80
     python -m pirl.plan --config=configs/libero_ppo.py:suite=spatial --config.rl.trainable=full \\
-        --config.mesh.fsdp=-1 --mesh=8
+        --config.mesh.data=1 --config.mesh.fsdp=-1 --mesh=8
 
 For each target mesh it compiles, without running them, the programs a training run uses: the
 rollout sampler (``rollout.jit_sample``, train and eval) and the sharded update
@@ -23,6 +23,9 @@ shardings, so nothing is allocated. It prints per device, in GiB:
              trajectories, their stacked copy and the flat batch); update = 2 × buffer + update
              (the trajectories stay referenced until the iteration's metrics are taken);
              evaluation = eval.
+
+Params are float32, as ``init_params`` makes them; ``--params_dtype=bfloat16`` plans for a
+checkpoint stored that way (the optimizer's moments follow the params' dtype).
 
 Mesh specs: ``8`` (the config's mesh section resolved on 8 devices), ``1,4,8`` (one row per device
 count), ``data:2,fsdp:4`` (explicit axes). Without accelerators the devices are faked on the host
