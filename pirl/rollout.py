@@ -46,6 +46,16 @@ def _sample(policy, model, params, obs, rng, train: bool):
     return flow.sample(policy, model, params, obs, rng, train=train)
 
 
+def jit_sample(policy: flow.FlowPolicyConfig, model: pi0.Pi0Config, mesh: Mesh, *, train: bool):
+    """The sampling program of rollouts (``train``) and evaluation: params keep their own
+    (FSDP) placement, observations and outputs are split over the batch axes, the key replicated.
+    ``pirl.plan`` compiles this same program ahead of time."""
+    rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+    return jax.jit(
+        functools.partial(_sample, policy, model, train=train), in_shardings=(None, data, rep), out_shardings=data
+    )
+
+
 def identity_norm_stats(state_dim: int, action_dim: int) -> dict[str, ns.NormStats]:
     """Stats that leave values unchanged under z-score and quantile norm (random-init models)."""
 
@@ -74,15 +84,7 @@ class Actor:
         self.policy, self.model, self.transform = policy, model, transform
         self.norm_stats, self.tokenizer, self.mesh = norm_stats, tokenizer, mesh
         self.batch_multiple = mesh.shape["data"] * mesh.shape["fsdp"] // jax.process_count()
-        rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
-        self._sample = {
-            train: jax.jit(
-                functools.partial(_sample, policy, model, train=train),
-                in_shardings=(None, data, rep),
-                out_shardings=data,
-            )
-            for train in (True, False)
-        }
+        self._sample = {train: jit_sample(policy, model, mesh, train=train) for train in (True, False)}
 
     def inputs(self, obs: base.BatchObs) -> dict:
         """Host-side model inputs (uint8 images) of a batch of env observations."""
