@@ -20,8 +20,9 @@ layout with the norm stats under assets/. Without one the model would be randoml
 Values are the reference's (RLinf LIBERO recipes; the table in the RL notes). Like the reference,
 only the action expert, projections and heads train (``rl.trainable="expert_only"``: SigLIP and
 Gemma-2B frozen), so plain data parallelism fits a full-size model on one 80 GB accelerator. For
-full fine-tuning add ``--config.rl.trainable=full --config.mesh.data=1 --config.mesh.fsdp=-1``: 3.3B params with fp32
-AdamW state and gradients (≈16 bytes each, ≈53 GB) do not fit beside activations unless sharded.
+full fine-tuning add ``--config.rl.trainable=full --config.mesh.data=1 --config.mesh.fsdp=-1``:
+3.3B params with fp32 AdamW state and gradients (≈16 bytes each, ≈53 GB) do not fit beside
+activations unless sharded.
 """
 
 from __future__ import annotations

@@ -92,9 +92,10 @@ class EnvSection:
     num_stages: 2 overlaps inference for one half of the envs with stepping of the other.
     group_size: GRPO's G: G consecutive envs start from the same init state.
     tasks: restrict training to these task ids (empty: all).
-    control_mode, reward_mode, backend: ManiSkill only. control_mode "" is the task's registered
-      controller; reward_mode "" is the success indicator, "dense"/"normalized_dense" the task's
-      shaped reward; backend "gpu" simulates each worker's envs as one CUDA-batched env.
+    reward_mode: "" the success reward of the sim; "dense" the task's shaped reward (MetaWorld,
+      ManiSkill; ManiSkill also "normalized_dense").
+    control_mode, backend: ManiSkill only. control_mode "" is the task's registered controller;
+      backend "gpu" simulates each worker's envs as one CUDA-batched env.
     """
 
     sim: str = "metaworld"
@@ -122,9 +123,13 @@ class EnvSection:
         if self.sim not in SIMS:
             raise ValueError(f"env.sim must be one of {SIMS}, got {self.sim!r}")
         if self.sim != "maniskill":
-            for name, unset in (("control_mode", ""), ("reward_mode", ""), ("backend", "cpu")):
+            for name, unset in (("control_mode", ""), ("backend", "cpu")):
                 if getattr(self, name) != unset:
                     raise ValueError(f"env.{name} applies to ManiSkill only (env.sim={self.sim!r})")
+        if self.sim in ("libero", "toy") and self.reward_mode:
+            raise ValueError(f"env.reward_mode: {self.sim} has only its success reward")
+        if self.sim == "metaworld" and self.reward_mode not in ("", "sparse", "dense"):
+            raise ValueError(f"env.reward_mode for MetaWorld must be '', 'sparse' or 'dense', got {self.reward_mode!r}")
         if self.backend not in ("cpu", "gpu"):
             raise ValueError(f"env.backend must be 'cpu' or 'gpu', got {self.backend!r}")
         modes = ("", "sparse", "dense", "normalized_dense")
@@ -278,6 +283,7 @@ def sim_factory(
             num_trials=trials,
             warmup_steps=warmup,
             seed=env.seed,
+            reward="dense" if env.reward_mode == "dense" else "success",
             **kw,
         )
     if env.sim == "libero":

@@ -191,7 +191,8 @@ def test_denoising_chain_notebook(tmp_path, tiny_libero_checkpoint):
     assert s["logp_sum"] == pytest.approx(sum(s["logp_terms"]))
     assert s["logp_sum"] == pytest.approx(4 * s["flow_sample_logp"], rel=1e-5, abs=1e-4)
     assert s["flow_score_logp"] == pytest.approx(s["flow_sample_logp"], rel=1e-5, abs=1e-4)
-    # The ODE chain from the same x_0 ends at pi0.sample_actions' (plain Euler) and at flow.sample(train=False)'s actions.
+    # The ODE chain from the same x_0 ends where pi0.sample_actions (plain Euler) and
+    # flow.sample(train=False) end.
     assert s["ode_vs_euler"] < 1e-5 and s["ode_vs_eval"] < 1e-5
     train, evaluated = np.array(s["env_actions"]["train"]), np.array(s["env_actions"]["eval"])
     assert train.shape == evaluated.shape == (5, 7) and np.abs(train - evaluated).max() > 1e-3

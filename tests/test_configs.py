@@ -254,11 +254,18 @@ def test_maniskill_env_options_reach_the_sim():
     c.env.reward_mode = "shaped"
     with pytest.raises(cli.ConfigError, match="reward_mode"):
         cli.to_experiment(c)
-    from configs import metaworld_ppo
+    from configs import libero_ppo, metaworld_ppo
 
     c = metaworld_ppo.get_config("benchmark=mt50")
     c.env.backend = "gpu"
     with pytest.raises(cli.ConfigError, match="ManiSkill only"):
+        cli.to_experiment(c)
+    c = metaworld_ppo.get_config("benchmark=mt50")
+    c.env.reward_mode = "dense"  # MetaWorld has a shaped reward too; LIBERO does not
+    assert experiment.sim_factory(cli.to_experiment(c)[0].env).reward == "dense"
+    c = libero_ppo.get_config("suite=spatial")
+    c.env.reward_mode = "dense"
+    with pytest.raises(cli.ConfigError, match="success reward"):
         cli.to_experiment(c)
 
 

@@ -91,6 +91,29 @@ def test_deferred_render_equals_rendering_every_step():
     assert not np.array_equal(results[0][3].images["main"], results[0][2].images["main"])
 
 
+def test_dense_reward_runs_to_the_step_limit():
+    # MetaWorld's shaped reach reward is 10 inside the goal tolerance, so the scaled reward of an
+    # expert that got there is exactly 1.0; episodes are not cut at success.
+    cfg = mw.MetaWorldConfig(benchmark="reach-v3", render=False, state="full", max_steps=60, reward="dense")
+    with pool.EnvPool(NoJax(cfg), pool.PoolConfig(1, 2)) as p:
+        obs = p.reset(np.array([[0, 0], [0, 7]]))
+        rewards, success = [], []
+        for _ in range(60):
+            r = p.step_chunk(mw.expert_actions(["reach-v3"] * 2, obs.state)[:, None, :])
+            obs = r.obs
+            rewards.append(r.rewards[:, 0])
+            success.append(r.success[:, 0])
+        rewards, success = np.stack(rewards, 1), np.stack(success, 1)
+    assert r.done.all() and not r.terminated.any() and r.truncated[:, -1].all()
+    np.testing.assert_array_equal(r.episode_length, [60, 60])
+    assert success.any(axis=1).all() and r.success_once.all()
+    assert ((rewards >= 0) & (rewards <= 1)).all()
+    np.testing.assert_allclose(rewards[:, -1], 1.0)
+    assert (rewards[:, 0] < 0.5).all()  # far from the goal at the start
+    with pytest.raises(ValueError, match="reward"):
+        mw.MetaWorldConfig(reward="shaped")
+
+
 def test_expert_needs_full_state():
     with pytest.raises(ValueError, match=r"full \(N, 39\) state"):
         mw.expert_actions(["reach-v3"], np.zeros((1, 4)))

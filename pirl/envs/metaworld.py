@@ -9,7 +9,9 @@ buffer comes out upside down) and a state of either the hand: ``obs[:4]`` = end-
 gripper opening (what the VLA sees), or ``full``: the 39-d MetaWorld vector (what the scripted
 experts need). Action: 4-d in [-1, 1] (xyz delta + gripper).
 Reward: relative success, ``success_t - success_{t-1}``, so +1 on the first success step; the
-episode terminates on success.
+episode terminates on success. ``reward="dense"`` instead passes MetaWorld's shaped reward scaled
+to [0, 1] (it is in [0, 10]) and runs every episode to ``max_steps``: terminating on success would
+cut off the reward of staying at the goal. Success is reported either way.
 """
 
 from __future__ import annotations
@@ -149,6 +151,7 @@ class MetaWorldConfig:
       num_trials: goal variations per task (<= 50).
       warmup_steps: no-op steps after reset (lets objects settle), not counted.
       seed: seed of MetaWorld's goal sampling; every process must use the same one.
+      reward: "success" (sparse, terminates on success) or "dense" (shaped, see the module doc).
     """
 
     benchmark: str = "MT50"
@@ -162,11 +165,14 @@ class MetaWorldConfig:
     num_trials: int = 50
     warmup_steps: int = 15
     seed: int = 0
+    reward: str = "success"
 
     def __post_init__(self):
         self.task_names()  # validates the benchmark name
         if self.camera not in CAMERAS:
             raise ValueError(f"camera {self.camera!r} is not a MetaWorld camera; choose from {CAMERAS}")
+        if self.reward not in ("success", "dense"):
+            raise ValueError(f"reward must be 'success' or 'dense', got {self.reward!r}")
         if self.state not in ("hand", "full"):
             raise ValueError(f"state must be 'hand' or 'full', got {self.state!r}")
         if not 1 <= self.num_trials <= 50:
@@ -261,16 +267,18 @@ class MetaWorldSim:
         return self._obs(raw), INSTRUCTIONS[name]
 
     def step(self, action, observe: bool = True) -> base.StepOut:
-        raw, _, _, truncated, info = self.env.step(np.asarray(action, np.float32))
+        raw, shaped, _, truncated, info = self.env.step(np.asarray(action, np.float32))
         success = bool(info["success"] > 0)
-        reward = float(success) - float(self.prev_success)
+        dense = self.cfg.reward == "dense"
+        reward = float(shaped) / 10.0 if dense else float(success) - float(self.prev_success)
+        terminated = success and not dense
         self.prev_success = success
         if observe:
             obs = self._obs(raw)
         else:  # rendering is ~all of a step's cost; skipped for states the policy never sees
             self.last_raw = raw
             obs = base.Obs(images={}, state=self._state(raw))
-        return base.StepOut(obs, reward, success, bool(truncated), success)
+        return base.StepOut(obs, reward, terminated, bool(truncated), success)
 
     def observe(self) -> base.Obs:
         """The observation of the current state (the last step's: MuJoCo renders mjData as it is)."""
