@@ -173,7 +173,13 @@ def main(argv):
     from pirl import cli
 
     del argv
-    exp, _ = cli.to_experiment(_CONFIG.value)
+    config = _CONFIG.value
+    extra = {}
+    if "sft" in config:  # a recipe with a warm-start stage (the quickstart): evaluation ignores it
+        from pirl import sft
+
+        extra = {"sft": sft.SFTSection}
+    exp, _ = cli.to_experiment(config, extra)
     res = evaluate(exp, _WORKDIR.value)
     print(table(res))
 
