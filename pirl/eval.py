@@ -32,6 +32,23 @@ def eval_init_ids(num_tasks: int, tasks: tuple[int, ...], num_trials: int) -> np
     return np.array([(t, k) for t in chosen for k in range(num_trials)], np.int64)
 
 
+def host_share(ids: np.ndarray, wave: int, num_hosts: int, host: int) -> np.ndarray:
+    """This host's rows of every wave of ``wave`` envs (all hosts'): host h runs rows
+    [h·wave/H, (h+1)·wave/H) of each wave, so episode i meets the same policy row, hence the
+    same sampling noise, as on one host. The last wave is padded with the last id. [K, 2]"""
+    padded = np.concatenate([ids, np.repeat(ids[-1:], -len(ids) % wave, axis=0)])
+    return padded.reshape(-1, num_hosts, wave // num_hosts, ids.shape[-1])[:, host].reshape(-1, ids.shape[-1])
+
+
+def join_hosts(local: np.ndarray, num_ids: int, wave: int, num_hosts: int) -> np.ndarray:
+    """Per-episode values of every host (each in its host_share order) → all ids', in input order."""
+    from pirl import sharding
+
+    every = sharding.gather_hosts(local)  # [H · waves · wave/H], host-major
+    blocks = every.reshape(num_hosts, -1, wave // num_hosts, *local.shape[1:])  # [H, waves, wave/H]
+    return blocks.swapaxes(0, 1).reshape(-1, *local.shape[1:])[:num_ids]
+
+
 def summarize(ids: np.ndarray, episodes: dict[str, np.ndarray], names: list[str]) -> dict:
     """Per-task success/return/length and the averages over tasks."""
     per_task = {}
@@ -98,17 +115,24 @@ class Evaluator:
         )
         self.names = experiment.task_names(self.factory)
         pool_env = dataclasses.replace(env, auto_reset=False, num_stages=1)
-        cfg = experiment.pool_config(pool_env, num_envs=section.num_envs, num_workers=section.num_workers)
+        # On several hosts each runs its share of the eval envs and of every wave's episodes.
+        self.hosts, self.host = jax.process_count(), jax.process_index()
+        cfg = experiment.pool_config(
+            pool_env, num_envs=section.num_envs // self.hosts, num_workers=section.num_workers // self.hosts
+        )
         self.pool = pool_lib.EnvPool(self.factory, cfg)
         self.spec = self.pool.spec
         replan = section.replan or setup.exp.policy.num_action_chunks
         self.num_chunks = math.ceil(self.spec.max_steps / replan)
         self.actor = train.make_actor(setup, self.spec, action_chunk=replan)
         self.ids = eval_init_ids(self.spec.num_tasks, section.tasks, section.num_trials)
+        self.local_ids = host_share(self.ids, section.num_envs, self.hosts, self.host)
 
     def run(self, params, video_dir: str | None = None) -> dict:
+        """Results of every (task, trial); collective on several hosts, where only process 0
+        records videos."""
         recorder = None
-        if video_dir and self.spec.cameras:
+        if video_dir and self.spec.cameras and self.host == 0:
             recorder = video.VideoRecorder(video_dir, camera=self.spec.cameras[0].name)
 
         def on_frame(obs, res, t):
@@ -121,10 +145,12 @@ class Evaluator:
             self.actor,
             params,
             jax.random.key(self.section.seed),
-            self.ids,
+            self.local_ids,
             self.num_chunks,
             on_frame if recorder else None,
         )
+        n, wave = len(self.ids), self.section.num_envs
+        episodes = {k: join_hosts(v, n, wave, self.hosts) for k, v in episodes.items()}
         res = summarize(self.ids, episodes, self.names)
         res["episodes_detail"] = {
             "task": self.ids[:, 0].tolist(),
@@ -163,6 +189,8 @@ def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
         res = evaluator.run(params, str(out_dir / "videos") if exp.eval.videos else None)
     finally:
         evaluator.close()
+    if jax.process_index():
+        return res
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(res, indent=1))
     (out_dir / "table.txt").write_text(table(res) + "\n")
