@@ -87,7 +87,8 @@ fi
 nodes="${SLURM_NNODES:-${nodes:-1}}"
 gpus="${gpus:-${SLURM_GPUS_ON_NODE:-8}}"
 port="${port:-$((20000 + SLURM_JOB_ID % 20000))}"
-head_node="$(scontrol show hostnames "${SLURM_JOB_NODELIST:?SLURM_JOB_NODELIST is not set}" | head -n 1)"
+hostnames="$(scontrol show hostnames "${SLURM_JOB_NODELIST:?SLURM_JOB_NODELIST is not set}")"
+head_node="${hostnames%%$'\n'*}"
 coordinator="$head_node:$port"
 
 run "$python" -m pirl.launch check --num_hosts="$nodes" --devices_per_host="$gpus" "${args[@]}"
