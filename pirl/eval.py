@@ -6,7 +6,9 @@
         --workdir=runs/eval_pi0_libero
 
 Writes <workdir>/eval/results.json (per-episode and per-task numbers), prints a per-task table with
-the suite average (and MetaWorld's difficulty-group average), and saves videos when asked.
+the suite average (and MetaWorld's difficulty-group average), and saves videos when asked. Runs on
+several hosts like pirl.train (the same --coordinator_address/--num_processes/--process_id flags),
+each host evaluating its share of every wave of eval.num_envs episodes.
 """
 
 from __future__ import annotations
@@ -117,6 +119,11 @@ class Evaluator:
         pool_env = dataclasses.replace(env, auto_reset=False, num_stages=1)
         # On several hosts each runs its share of the eval envs and of every wave's episodes.
         self.hosts, self.host = jax.process_count(), jax.process_index()
+        if section.num_envs % self.hosts or section.num_workers % self.hosts:
+            raise ValueError(
+                f"eval.num_envs={section.num_envs} and eval.num_workers={section.num_workers} must be multiples "
+                f"of the {self.hosts} processes"
+            )
         cfg = experiment.pool_config(
             pool_env, num_envs=section.num_envs // self.hosts, num_workers=section.num_workers // self.hosts
         )
@@ -198,19 +205,23 @@ def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
 
 
 def main(argv):
-    from pirl import cli
+    from pirl import cli, launch
 
     del argv
+    launch.initialize(_DISTRIBUTED())
     exp, _ = cli.to_experiment(_CONFIG.value)
+    launch.check(exp, jax.process_count(), jax.local_device_count(), with_eval=True)
     res = evaluate(exp, _WORKDIR.value)
-    print(table(res))
+    if jax.process_index() == 0:
+        print(table(res))
 
 
 if __name__ == "__main__":
     from absl import flags
 
-    from pirl import cli
+    from pirl import cli, launch
 
     _CONFIG = cli.define_config_flag()
     _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (its checkpoints are evaluated)", required=True)
+    _DISTRIBUTED = launch.define_flags()
     cli.run(main)

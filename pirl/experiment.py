@@ -148,8 +148,9 @@ class TrainSection:
 class EvalSection:
     """Deterministic evaluation: every (task, trial) pair, ODE sampling from fixed noise.
 
-    num_trials: init states per task; num_envs in parallel. replan: executed actions per chunk
-    (0 = the training chunk). max_steps 0 = the env section's. seed fixes the sampling noise.
+    num_trials: init states per task; num_envs in parallel (all hosts together). replan: executed
+    actions per chunk (0 = the training chunk). max_steps 0 = the env section's. seed fixes the
+    sampling noise.
     """
 
     num_envs: int = 8

@@ -231,6 +231,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
             it += 1
             env_steps = int(sharding.gather_hosts(np.array([sum(t.env_steps for t in trajs)])).sum())
             metrics = env_metrics(trajs, task_names) | roll_metrics | update_metrics(um)
+            # time/* are this host's clocks (process 0's are the ones logged); the rest is global.
             metrics |= {
                 "train/skipped_updates": float(jax.device_get(state.skipped)),
                 "time/rollout_s": t_rollout,
