@@ -235,3 +235,26 @@ def test_check_cli_accepts_train_flags_and_prints_the_layout():
     assert out.returncode == 0, out.stderr
     # quickstart: 8 envs on 2 workers, 96 samples, micro-batch 48 → 6 per device.
     assert "per host 4 envs on 1 workers" in out.stdout and "(6 per device)" in out.stdout
+
+
+def test_host_pools_auto_reset_like_one_pool_of_all_envs():
+    """A host's pool with env_offset draws the auto-reset init ids of the same envs of one big
+    pool: env i's generator is base.env_rng(seed, env_offset + i)."""
+    from pirl.envs import pool as pool_lib
+    from pirl.envs import toy
+
+    factory = toy.ToyConfig(max_steps=3)
+
+    def after_reset(num_workers, envs, offset):
+        cfg = pool_lib.PoolConfig(
+            num_workers=num_workers, envs_per_worker=2, auto_reset=True, seed=5, env_offset=offset
+        )
+        with pool_lib.EnvPool(factory, cfg) as p:
+            p.reset(np.zeros((envs, 2), np.int64))
+            return p.step_chunk(np.zeros((envs, 5, 2))).obs.images["main"][:, 0, 0, :2]  # (task·10, trial)
+
+    whole = after_reset(2, 4, 0)
+    np.testing.assert_array_equal(after_reset(1, 2, 2), whole[2:])
+    # The hand check: env 3's new episode is the first draw of env_rng(5, 3).
+    g = base.env_rng(5, 3)
+    assert tuple(whole[3]) == (g.integers(3) * 10, g.integers(5))
