@@ -79,6 +79,18 @@ stop_all() {
   for pid in "${pids[@]}"; do
     kill "$pid" 2>/dev/null || true
   done
+  # A process blocked in a collective may not react to SIGTERM: give it 10 s, then SIGKILL.
+  for _ in $(seq 10); do
+    alive=0
+    for pid in "${pids[@]}"; do
+      kill -0 "$pid" 2>/dev/null && alive=1
+    done
+    [[ "$alive" -eq 0 ]] && return
+    sleep 1
+  done
+  for pid in "${pids[@]}"; do
+    kill -9 "$pid" 2>/dev/null || true
+  done
 }
 trap 'stop_all; exit 130' INT TERM
 

@@ -180,16 +180,22 @@ def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
 
     setup = train.build(exp)
     if params is None:
-        params = setup.params
+
+        def placed(tree):
+            return jax.device_put(tree, sharding.param_shardings(setup.mesh, tree, exp.mesh.fsdp_min_bytes))
+
+        params = placed(setup.params)
         ckpt_dir = pathlib.Path(workdir) / "checkpoints"
         if ckpt_dir.is_dir():
             ckpt = runstate.Checkpointer(ckpt_dir)
             if ckpt.latest() is not None:
-                state, meta = ckpt.restore(upd.init_train_state(exp.rl, setup.params))
+                # Restored onto the mesh's shardings directly: on several hosts a committed
+                # single-device copy could not be moved onto the global mesh afterwards.
+                state, meta = ckpt.restore(placed(upd.init_train_state(exp.rl, setup.params)))
                 params = state.params
-                print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
+                if jax.process_index() == 0:
+                    print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
             ckpt.close()
-        params = jax.device_put(params, sharding.param_shardings(setup.mesh, params, exp.mesh.fsdp_min_bytes))
     out_dir = pathlib.Path(workdir) / "eval"
     evaluator = Evaluator(setup, exp.eval, exp.env)
     try:

@@ -21,6 +21,8 @@ import dataclasses
 import os
 import sys
 
+import numpy as np
+
 from pirl import experiment, sharding
 
 ENV_COORDINATOR = "PIRL_COORDINATOR"
@@ -116,9 +118,17 @@ def problems(exp: experiment.Experiment, num_hosts: int, devices_per_host: int, 
                 f"env.group_size={env.group_size} does not divide the {local} envs of a host (a group may not "
                 f"span hosts): make env.num_envs a multiple of {hosts * env.group_size}"
             )
-        if env.num_envs % devices:
-            # Host-side per-env arrays join into global arrays split over every device.
-            out.append(f"env.num_envs={env.num_envs} must be a multiple of the {devices} devices on several hosts")
+        if not env.num_workers % hosts and env.num_stages <= env.num_workers // hosts:
+            per_worker = env.num_envs // env.num_workers
+            stages = np.array_split(np.arange(env.num_workers // hosts), env.num_stages)
+            sizes = sorted({len(st) * per_worker for st in stages})
+            if any(size % devices_per_host for size in sizes):
+                # A policy call takes one pool stage of every host, devices_per_host rows at a time.
+                out.append(
+                    f"a host's pool stages hold {sizes} envs, not multiples of its {devices_per_host} devices: make "
+                    f"env.num_envs / (hosts × env.num_stages) = {env.num_envs / (hosts * env.num_stages):g} a "
+                    f"multiple of {devices_per_host}"
+                )
     if rl.micro_batch_size % devices:
         out.append(
             f"rl.micro_batch_size={rl.micro_batch_size} is not a multiple of the {devices} devices "
@@ -134,6 +144,11 @@ def problems(exp: experiment.Experiment, num_hosts: int, devices_per_host: int, 
         out.append(
             f"eval.num_envs={ev.num_envs} and eval.num_workers={ev.num_workers} must both be multiples of "
             f"the {hosts} hosts (each host evaluates its share)"
+        )
+    elif with_eval and hosts > 1 and (ev.num_envs // hosts) % devices_per_host:
+        out.append(
+            f"eval.num_envs={ev.num_envs} gives each host {ev.num_envs // hosts} envs, not a multiple of its "
+            f"{devices_per_host} devices: use a multiple of {hosts * devices_per_host}"
         )
     return out
 

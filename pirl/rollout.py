@@ -93,6 +93,13 @@ class Actor:
     def _pad(self, inputs: dict) -> tuple[dict, int]:
         n = inputs["state"].shape[0]
         extra = -n % self.batch_multiple
+        if extra and jax.process_count() > 1:
+            # Padding rows would sit inside every host's block of the global batch; rather than
+            # cut them out of host-major arrays, several hosts require full batches.
+            raise ValueError(
+                f"{n} observations do not fill this host's {self.batch_multiple} devices: on several hosts each "
+                f"host's envs per pool stage (and eval envs) must be a multiple of its devices"
+            )
         if extra:
             inputs = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], extra, axis=0)]), inputs)
         return inputs, n
@@ -105,14 +112,8 @@ class Actor:
         actions = sharding.local_rows(out.actions)[:n]
         env_actions = transforms.to_env_actions(self.transform, actions, obs.state, self.norm_stats)
         if n != inputs["state"].shape[0]:
-            dev, out = jax.tree.map(lambda x: _unpad(x, n), (dev, out))
+            dev, out = jax.tree.map(lambda x: x[:n], (dev, out))
         return dev, out, env_actions
-
-
-def _unpad(x: jax.Array, n: int) -> jax.Array:
-    """The first ``n`` rows of every host's block of a host-major global array."""
-    hosts = jax.process_count()
-    return x.reshape(hosts, -1, *x.shape[1:])[:, :n].reshape(hosts * n, *x.shape[1:])
 
 
 @dataclasses.dataclass

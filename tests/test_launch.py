@@ -53,6 +53,19 @@ def test_problems_name_the_fields_to_change():
         launch.check(_exp(), 3, 4)
 
 
+def test_policy_batches_must_fill_each_hosts_devices():
+    # 2 hosts × 8 devices: each host's 8 envs run as 2 pool stages of 4, half a policy batch.
+    found = launch.problems(_exp(num_envs=16, num_workers=4, num_stages=2), 2, 8)
+    assert found == [
+        "a host's pool stages hold [4] envs, not multiples of its 8 devices: make env.num_envs / (hosts × "
+        "env.num_stages) = 4 a multiple of 8"
+    ]
+    # Eval: 4 envs → 2 per host on 4 devices each.
+    assert launch.problems(_exp(), 2, 4, with_eval=True) == [
+        "eval.num_envs=4 gives each host 2 envs, not a multiple of its 4 devices: use a multiple of 8"
+    ]
+
+
 def test_mesh_that_does_not_fit_the_devices():
     exp = dataclasses.replace(_exp(), mesh=sharding.MeshConfig(data=3, fsdp=1))
     assert any("mesh: data=3 × fsdp=1 does not fit 8 devices" in p for p in launch.problems(exp, 2, 4))
@@ -224,8 +237,10 @@ def test_tpu_pod_dry_run_runs_on_all_workers(tmp_path):
 
 
 def test_check_cli_accepts_train_flags_and_prints_the_layout():
+    # quickstart's 10 eval envs would give each host 5, not a multiple of its 4 devices.
+    args = ("check", "--num_hosts=2", "--devices_per_host=4", *TRAIN_ARGS, "--config.eval.num_envs=8")
     out = subprocess.run(
-        [sys.executable, "-m", "pirl.launch", "check", "--num_hosts=2", "--devices_per_host=4", *TRAIN_ARGS],
+        [sys.executable, "-m", "pirl.launch", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -2,7 +2,7 @@
 after 1 iteration and resumed to 2, agrees with one process holding all 8 devices running 2
 iterations straight: every logged metric (with evaluation) and the final parameters. All runs go
 through launch/local.sh, the way a user starts them. The multi-host helpers (host-major stage
-merge, unpadding, gathers) are checked on their own over two processes below."""
+merge, gathers) are checked on their own over two processes below."""
 
 import json
 import os
@@ -139,16 +139,12 @@ from pirl import rollout, sharding
 port, pid = sys.argv[1], int(sys.argv[2])
 sharding.initialize_distributed(f"127.0.0.1:{port}", 2, pid)
 mesh = sharding.make_mesh(sharding.MeshConfig())
-# Host h's envs are 10·h + (0..3); its pool runs env rows [0, 2] in stage 0 and [1, 3] in stage 1.
-env = 10 * pid + np.arange(4.0)
-rows = [np.array([0, 2]), np.array([1, 3])]
-# Stage arrays are 4-row global arrays (2 rows per host) padded to the 8 devices: pad each host's
-# 2 rows to 4 with −1, then drop the pads again with rollout._unpad.
-def padded(x):
-    return sharding.global_batch(mesh, np.concatenate([x, -np.ones(2)]).astype(np.float32))
-stages = [rollout._unpad(padded(env[r]), 2) for r in rows]
-order = np.argsort(np.concatenate(rows))
-merged = rollout._merge_stages(stages, order)
+# Host h's envs are 10·h + (0..7); its pool runs env rows [0, 2, 4, 6] in stage 0, the odd ones
+# in stage 1. A stage array holds that stage's rows of every host (4 + 4 on the 8 devices).
+env = 10 * pid + np.arange(8.0, dtype=np.float32)
+rows = [np.arange(0, 8, 2), np.arange(1, 8, 2)]
+stages = [sharding.global_batch(mesh, env[r]) for r in rows]
+merged = rollout._merge_stages(stages, np.argsort(np.concatenate(rows)))
 print(json.dumps({
     "stage0": sharding.to_host(stages[0]).tolist(),
     "merged": sharding.to_host(merged).tolist(),
@@ -186,10 +182,10 @@ def test_host_major_helpers_across_two_processes():
         assert p.returncode == 0, err[-2000:]
         outs.append(json.loads(out.strip().splitlines()[-1]))
     for out in outs:
-        # Stage 0 holds env rows 0 and 2 of each host, host-major: 0, 2, 10, 12 (pads dropped).
-        assert out["stage0"] == [0.0, 2.0, 10.0, 12.0]
+        # Stage 0 holds the even env rows of each host, host-major.
+        assert out["stage0"] == [0.0, 2.0, 4.0, 6.0, 10.0, 12.0, 14.0, 16.0]
         # Merged back into pool order per host, host-major: every env of host 0, then host 1's.
-        assert out["merged"] == [0.0, 1.0, 2.0, 3.0, 10.0, 11.0, 12.0, 13.0]
+        assert out["merged"] == [*range(8), *range(10, 18)]
         # Host 0 contributes [0], host 1 [0, 1]: unequal lengths, joined in process order.
         assert out["gathered"] == [0, 0, 1]
         assert out["any"] == [True, False]
