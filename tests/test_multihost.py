@@ -7,6 +7,7 @@ merge, gathers) are checked on their own over two processes below."""
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import time
 
@@ -48,17 +49,25 @@ def _launch(config, workdir, processes, devices, *extra, cache=None):
     # The resumed launch compiles what the first one did: a persistent cache skips that.
     env |= {"JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
     t0 = time.perf_counter()
-    out = subprocess.run(
+    # Own session, so that a timeout takes the launcher's training processes down with it.
+    proc = subprocess.Popen(
         ["bash", str(ROOT / "launch" / "local.sh"), *args, f"--workdir={workdir}"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
         env=env,
-        timeout=600,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = proc.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{processes}-process run did not finish in 900 s:\n{stderr[-4000:]}")
     print(f"{processes} process(es) {' '.join(extra)}: {time.perf_counter() - t0:.1f}s")
-    assert out.returncode == 0, out.stderr[-4000:]
-    return out
+    assert proc.returncode == 0, stderr[-4000:]
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
 def _rows(workdir):
