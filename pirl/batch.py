@@ -101,11 +101,12 @@ def to_batch(
         weights=jnp.stack([t.weights for t in tg]),
     )
     flat = _flattener(mesh)(stacked)
-    m = np.asarray(mask)
+    # Every host computes the metrics over all hosts' envs (to_host gathers the global arrays).
+    m = sharding.to_host(mask)
     n_valid = max(int(m.sum()), 1)
 
     def mean(x):
-        return float(np.where(m, np.asarray(x), 0.0).sum() / n_valid)
+        return float(np.where(m, sharding.to_host(x), 0.0).sum() / n_valid)
 
     metrics = {
         "rollout/advantages_mean": mean(a),

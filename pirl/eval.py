@@ -6,7 +6,9 @@
         --workdir=runs/eval_pi0_libero
 
 Writes <workdir>/eval/results.json (per-episode and per-task numbers), prints a per-task table with
-the suite average (and MetaWorld's difficulty-group average), and saves videos when asked.
+the suite average (and MetaWorld's difficulty-group average), and saves videos when asked. Runs on
+several hosts like pirl.train (the same --coordinator_address/--num_processes/--process_id flags),
+each host evaluating its share of every wave of eval.num_envs episodes.
 """
 
 from __future__ import annotations
@@ -30,6 +32,23 @@ def eval_init_ids(num_tasks: int, tasks: tuple[int, ...], num_trials: int) -> np
     if max(chosen) >= num_tasks:
         raise ValueError(f"eval.tasks {tasks} exceeds the {num_tasks} tasks")
     return np.array([(t, k) for t in chosen for k in range(num_trials)], np.int64)
+
+
+def host_share(ids: np.ndarray, wave: int, num_hosts: int, host: int) -> np.ndarray:
+    """This host's rows of every wave of ``wave`` envs (all hosts'): host h runs rows
+    [h·wave/H, (h+1)·wave/H) of each wave, so episode i meets the same policy row, hence the
+    same sampling noise, as on one host. The last wave is padded with the last id. [K, 2]"""
+    padded = np.concatenate([ids, np.repeat(ids[-1:], -len(ids) % wave, axis=0)])
+    return padded.reshape(-1, num_hosts, wave // num_hosts, ids.shape[-1])[:, host].reshape(-1, ids.shape[-1])
+
+
+def join_hosts(local: np.ndarray, num_ids: int, wave: int, num_hosts: int) -> np.ndarray:
+    """Per-episode values of every host (each in its host_share order) → all ids', in input order."""
+    from pirl import sharding
+
+    every = sharding.gather_hosts(local)  # [H · waves · wave/H], host-major
+    blocks = every.reshape(num_hosts, -1, wave // num_hosts, *local.shape[1:])  # [H, waves, wave/H]
+    return blocks.swapaxes(0, 1).reshape(-1, *local.shape[1:])[:num_ids]
 
 
 def summarize(ids: np.ndarray, episodes: dict[str, np.ndarray], names: list[str]) -> dict:
@@ -98,17 +117,29 @@ class Evaluator:
         )
         self.names = experiment.task_names(self.factory)
         pool_env = dataclasses.replace(env, auto_reset=False, num_stages=1)
-        cfg = experiment.pool_config(pool_env, num_envs=section.num_envs, num_workers=section.num_workers)
+        # On several hosts each runs its share of the eval envs and of every wave's episodes.
+        self.hosts, self.host = jax.process_count(), jax.process_index()
+        if section.num_envs % self.hosts or section.num_workers % self.hosts:
+            raise ValueError(
+                f"eval.num_envs={section.num_envs} and eval.num_workers={section.num_workers} must be multiples "
+                f"of the {self.hosts} processes"
+            )
+        cfg = experiment.pool_config(
+            pool_env, num_envs=section.num_envs // self.hosts, num_workers=section.num_workers // self.hosts
+        )
         self.pool = pool_lib.EnvPool(self.factory, cfg)
         self.spec = self.pool.spec
         replan = section.replan or setup.exp.policy.num_action_chunks
         self.num_chunks = math.ceil(self.spec.max_steps / replan)
         self.actor = train.make_actor(setup, self.spec, action_chunk=replan)
         self.ids = eval_init_ids(self.spec.num_tasks, section.tasks, section.num_trials)
+        self.local_ids = host_share(self.ids, section.num_envs, self.hosts, self.host)
 
     def run(self, params, video_dir: str | None = None) -> dict:
+        """Results of every (task, trial); collective on several hosts, where only process 0
+        records videos."""
         recorder = None
-        if video_dir and self.spec.cameras:
+        if video_dir and self.spec.cameras and self.host == 0:
             recorder = video.VideoRecorder(video_dir, camera=self.spec.cameras[0].name)
 
         def on_frame(obs, res, t):
@@ -121,10 +152,12 @@ class Evaluator:
             self.actor,
             params,
             jax.random.key(self.section.seed),
-            self.ids,
+            self.local_ids,
             self.num_chunks,
             on_frame if recorder else None,
         )
+        n, wave = len(self.ids), self.section.num_envs
+        episodes = {k: join_hosts(v, n, wave, self.hosts) for k, v in episodes.items()}
         res = summarize(self.ids, episodes, self.names)
         res["episodes_detail"] = {
             "task": self.ids[:, 0].tolist(),
@@ -147,22 +180,30 @@ def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
 
     setup = train.build(exp)
     if params is None:
-        params = setup.params
+
+        def placed(tree):
+            return jax.device_put(tree, sharding.param_shardings(setup.mesh, tree, exp.mesh.fsdp_min_bytes))
+
+        params = placed(setup.params)
         ckpt_dir = pathlib.Path(workdir) / "checkpoints"
         if ckpt_dir.is_dir():
             ckpt = runstate.Checkpointer(ckpt_dir)
             if ckpt.latest() is not None:
-                state, meta = ckpt.restore(upd.init_train_state(exp.rl, setup.params))
+                # Restored onto the mesh's shardings directly: on several hosts a committed
+                # single-device copy could not be moved onto the global mesh afterwards.
+                state, meta = ckpt.restore(placed(upd.init_train_state(exp.rl, setup.params)))
                 params = state.params
-                print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
+                if jax.process_index() == 0:
+                    print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
             ckpt.close()
-        params = jax.device_put(params, sharding.param_shardings(setup.mesh, params, exp.mesh.fsdp_min_bytes))
     out_dir = pathlib.Path(workdir) / "eval"
     evaluator = Evaluator(setup, exp.eval, exp.env)
     try:
         res = evaluator.run(params, str(out_dir / "videos") if exp.eval.videos else None)
     finally:
         evaluator.close()
+    if jax.process_index():
+        return res
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(res, indent=1))
     (out_dir / "table.txt").write_text(table(res) + "\n")
@@ -170,9 +211,10 @@ def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
 
 
 def main(argv):
-    from pirl import cli
+    from pirl import cli, launch
 
     del argv
+    launch.initialize(_DISTRIBUTED())
     config = _CONFIG.value
     extra = {}
     if "sft" in config:  # a recipe with a warm-start stage (the quickstart): evaluation ignores it
@@ -180,15 +222,18 @@ def main(argv):
 
         extra = {"sft": sft.SFTSection}
     exp, _ = cli.to_experiment(config, extra)
+    launch.check(exp, jax.process_count(), jax.local_device_count(), with_eval=True)
     res = evaluate(exp, _WORKDIR.value)
-    print(table(res))
+    if jax.process_index() == 0:
+        print(table(res))
 
 
 if __name__ == "__main__":
     from absl import flags
 
-    from pirl import cli
+    from pirl import cli, launch
 
     _CONFIG = cli.define_config_flag()
     _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (its checkpoints are evaluated)", required=True)
+    _DISTRIBUTED = launch.define_flags()
     cli.run(main)

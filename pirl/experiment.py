@@ -88,7 +88,8 @@ class EnvSection:
 
     task: MetaWorld benchmark or task ("MT50", "ML45-train", "reach-v3"), LIBERO suite
       ("libero_spatial", ..., "libero_130"), ManiSkill env id(s) comma-separated, or "" (toy).
-    num_envs: envs on this host; num_workers processes, num_envs / num_workers envs each.
+    num_envs: envs of the whole job; num_workers processes, num_envs / num_workers envs each. On
+      several hosts each runs num_envs / hosts envs on num_workers / hosts workers.
     num_stages: 2 overlaps inference for one half of the envs with stepping of the other.
     group_size: GRPO's G: G consecutive envs start from the same init state.
     tasks: restrict training to these task ids (empty: all).
@@ -178,8 +179,9 @@ class TrainSection:
 class EvalSection:
     """Deterministic evaluation: every (task, trial) pair, ODE sampling from fixed noise.
 
-    num_trials: init states per task; num_envs in parallel. replan: executed actions per chunk
-    (0 = the training chunk). max_steps 0 = the env section's. seed fixes the sampling noise.
+    num_trials: init states per task; num_envs in parallel (all hosts together). replan: executed
+    actions per chunk (0 = the training chunk). max_steps 0 = the env section's. seed fixes the
+    sampling noise.
     """
 
     num_envs: int = 8
@@ -319,7 +321,16 @@ def sim_factory(
     return toy.ToyConfig(num_trials=trials, max_steps=steps, image_size=env.image_size[0])
 
 
-def pool_config(env: EnvSection, *, num_envs: int | None = None, num_workers: int | None = None, seed: int = 0):
+def pool_config(
+    env: EnvSection,
+    *,
+    num_envs: int | None = None,
+    num_workers: int | None = None,
+    seed: int = 0,
+    env_offset: int = 0,
+):
+    """The pool of ``num_envs`` envs on ``num_workers`` workers (default the section's); a host of a
+    multi-host job passes its share and ``env_offset``, the global index of its first env."""
     from pirl.envs import pool
 
     workers = num_workers or env.num_workers
@@ -336,6 +347,7 @@ def pool_config(env: EnvSection, *, num_envs: int | None = None, num_workers: in
         num_stages=env.num_stages,
         gl=gl,
         timeout_s=env.timeout_s,
+        env_offset=env_offset,
     )
 
 

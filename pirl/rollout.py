@@ -95,6 +95,13 @@ class Actor:
     def _pad(self, inputs: dict) -> tuple[dict, int]:
         n = inputs["state"].shape[0]
         extra = -n % self.batch_multiple
+        if extra and jax.process_count() > 1:
+            # Padding rows would sit inside every host's block of the global batch; rather than
+            # cut them out of host-major arrays, several hosts require full batches.
+            raise ValueError(
+                f"{n} observations do not fill this host's {self.batch_multiple} devices: on several hosts each "
+                f"host's envs per pool stage (and eval envs) must be a multiple of its devices"
+            )
         if extra:
             inputs = jax.tree.map(lambda x: np.concatenate([x, np.repeat(x[:1], extra, axis=0)]), inputs)
         return inputs, n
@@ -152,7 +159,9 @@ def collect(
     """One episode per env (or ``num_chunks`` chunks with auto-reset), stages pipelined.
 
     The sampling key of stage s at chunk t is fold_in(rng, t · stages + s), so a rollout is a pure
-    function of (params, rng, init ids) on a given machine.
+    function of (params, rng, init ids) on a given machine. On several hosts every host calls this
+    with its own pool and init ids; each decision that leads to a policy call (launch the next
+    chunk, bootstrap values) is taken jointly, as the policy call is one program over all hosts.
     """
     stages = pool.cfg.num_stages
     rows = [pool.stage_envs(s) for s in range(stages)]
@@ -207,11 +216,13 @@ def collect(
                 ("task", init_ids[r, 0]),
             ):
                 finished[key].append(value[ended])
-            if res.final_obs is not None and res.reset_now.any():
-                _, out_final, _ = actor.act(params, res.final_obs, jax.random.fold_in(rng, _VALUE_KEYS + t))
+            if sharding.any_host(res.final_obs is not None and res.reset_now.any()):
+                # A host with no ended episode runs its current observations; they are masked out.
+                final_obs = res.obs if res.final_obs is None else res.final_obs
+                _, out_final, _ = actor.act(params, final_obs, jax.random.fold_in(rng, _VALUE_KEYS + t))
                 final_values[t, r] = np.where(res.reset_now, sharding.local_rows(out_final.value), 0.0)
             stage_obs[s] = res.obs
-            if t + 1 < num_chunks and (pool.cfg.auto_reset or not pool.done[r].all()):
+            if t + 1 < num_chunks and (pool.cfg.auto_reset or sharding.any_host(not pool.done[r].all())):
                 launch(t + 1, s)
                 inflight[s] = True
         if on_frame is not None:
@@ -274,9 +285,17 @@ def _concat_obs(parts: list[base.BatchObs], rows: list[np.ndarray]) -> base.Batc
 
 
 def _merge_stages(parts: list, order: np.ndarray):
+    """Stage arrays (each host-major: every host's rows of that stage) → one host-major array of
+    all envs in pool order."""
     if len(parts) == 1:
         return parts[0]
-    return jax.tree.map(lambda *xs: jnp.concatenate(xs)[order], *parts)
+    hosts = jax.process_count()
+
+    def merge(*xs):
+        blocks = jnp.concatenate([x.reshape(hosts, -1, *x.shape[1:]) for x in xs], axis=1)[:, order]
+        return blocks.reshape(-1, *blocks.shape[2:])
+
+    return jax.tree.map(merge, *parts)
 
 
 def run_episodes(
@@ -306,7 +325,8 @@ def run_episodes(
             obs = res.obs
             if on_frame is not None:
                 on_frame(obs, res, t + 1)
-            if not live.any() or pool.done.all():
+            # Hosts stop together: the next policy call is one program over all of them.
+            if not sharding.any_host(live.any() and not pool.done.all()):
                 break
         tracker = pool.tracker
         out["success_once"].append(tracker.success_once[: len(wave)].copy())

@@ -28,9 +28,9 @@ class MeshConfig:
     fsdp_min_bytes: int = FSDP_MIN_BYTES
 
 
-def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
+def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int]:
+    """(data, fsdp) of the mesh over ``num_devices`` devices (all hosts), −1 resolved."""
+    n = num_devices
     data, fsdp = config.data, config.fsdp
     if data == -1 and fsdp == -1:
         raise ValueError("mesh: at most one of data/fsdp may be -1")
@@ -40,7 +40,13 @@ def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -
         fsdp = n // data if data > 0 else 0
     if data < 1 or fsdp < 1 or data * fsdp != n:
         raise ValueError(f"mesh: data={config.data} × fsdp={config.fsdp} does not fit {n} devices")
-    return jax.make_mesh((data, fsdp), ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2, devices=devices)
+    return data, fsdp
+
+
+def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(config, len(devices))
+    return jax.make_mesh(shape, ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2, devices=devices)
 
 
 def fsdp_spec(shape: Sequence[int], nbytes: int, fsdp_size: int, min_bytes: int = FSDP_MIN_BYTES) -> PartitionSpec:
@@ -151,3 +157,38 @@ def host_to_global(mesh: Mesh, x: np.ndarray, axis: int = 0) -> jax.Array:
         return jax.numpy.asarray(x)
     moved = np.moveaxis(np.asarray(x), axis, 0)
     return jax.numpy.moveaxis(global_batch(mesh, np.ascontiguousarray(moved)), 0, axis)
+
+
+# ---------------------------------------------------------------- host-side values across processes
+# Each function is a collective when there are several processes: every process calls it, in the
+# same order. With one process they reduce to plain numpy.
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole value of a (possibly multi-host) global array, as numpy on every host."""
+    if x.is_fully_addressable or x.is_fully_replicated:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_hosts(x: np.ndarray) -> np.ndarray:
+    """Every host's rows of ``x`` (leading lengths may differ between hosts), in process order."""
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+        return x
+    from jax.experimental import multihost_utils
+
+    lengths = np.asarray(multihost_utils.process_allgather(np.int64(len(x))))
+    padded = np.zeros((int(lengths.max()), *x.shape[1:]), x.dtype)
+    padded[: len(x)] = x
+    stacked = np.asarray(multihost_utils.process_allgather(padded))  # [P, max, ...]
+    return np.concatenate([stacked[p, :n] for p, n in enumerate(lengths)])
+
+
+def any_host(flag: bool) -> bool:
+    """True where ``flag`` is True on at least one host: keeps hosts' loops in step."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(gather_hosts(np.array([flag])).any())

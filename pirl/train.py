@@ -5,6 +5,16 @@
 
 Re-running the same command in the same workdir continues from the last checkpoint; on CPU the
 resumed run's metrics equal an uninterrupted run's. Ctrl-C (or SIGTERM) saves a final checkpoint.
+
+On several hosts (see launch/ and pirl.launch) one process per host runs this same program:
+
+    python -m pirl.train --config=... --workdir=<shared dir> --coordinator_address=host0:1234 \
+        --num_processes=4 --process_id=$i
+
+Each host steps num_envs / hosts envs on num_workers / hosts workers and feeds its rows of every
+global batch; the init-id draws, the policy noise and the update are those of one process holding
+all the envs, and the metrics are over all hosts' envs. Process 0 writes the logs, curve and
+videos; the checkpoints are written jointly (orbax), so the workdir must be one shared directory.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import jax
 import numpy as np
 
 from pirl import batch as batch_lib
-from pirl import checkpoints, experiment, rollout, runstate, sharding
+from pirl import checkpoints, experiment, launch, rollout, runstate, sharding
 from pirl import eval as eval_lib
 from pirl import logging as logs
 from pirl.envs import base, video
@@ -47,6 +57,12 @@ class Setup:
     tokenizer: tok.PaligemmaTokenizer
 
 
+# Compiled once per config: eager initialization dispatches thousands of small ops (~3× slower
+# on CPU, and every process of a multi-host job pays it).
+_init_model = jax.jit(pi0.init_params, static_argnums=0)
+_init_heads = jax.jit(flow.init_heads, static_argnums=(0, 1))
+
+
 def build(exp: experiment.Experiment, devices=None) -> Setup:
     """Mesh, model config, initial params (checkpoint or random), norm stats, tokenizer."""
     mesh = sharding.make_mesh(exp.mesh, devices)
@@ -57,10 +73,10 @@ def build(exp: experiment.Experiment, devices=None) -> Setup:
         model, model_params = checkpoints.load_openpi(exp.model.checkpoint, **overrides)
         norm_stats = checkpoints.load_norm_stats(exp.model.checkpoint, exp.model.asset_id or None)
     else:
-        model_params = pi0.init_params(model, jax.random.fold_in(key, 1))
+        model_params = _init_model(model, jax.random.fold_in(key, 1))
         # Env states and actions never exceed the model's padded width.
         norm_stats = rollout.identity_norm_stats(model.action_dim, model.action_dim)
-    params = {"model": model_params} | flow.init_heads(exp.policy, model, jax.random.fold_in(key, 2))
+    params = {"model": model_params} | _init_heads(exp.policy, model, jax.random.fold_in(key, 2))
     tokenizer = tok.load_tokenizer(exp.model.tokenizer, model.vocab_size)
     return Setup(exp, mesh, model, params, norm_stats, tokenizer)
 
@@ -73,13 +89,23 @@ def make_actor(setup: Setup, spec, *, action_chunk: int | None = None) -> rollou
 
 
 def env_sampler(seed: int, iteration: int) -> np.random.Generator:
-    """The generator of one iteration's init ids, a function of (seed, host, iteration) only: the
-    iteration stored in a checkpoint fixes the env draws of everything after it on resume."""
-    return np.random.default_rng([seed, jax.process_index(), iteration])
+    """The generator of one iteration's init ids, a function of (seed, iteration) only: the
+    iteration stored in a checkpoint fixes the env draws of everything after it on resume, and
+    every host draws the same ids (see host_init_ids)."""
+    return np.random.default_rng([seed, iteration])
+
+
+def host_init_ids(spec, env: experiment.EnvSection, rng: np.random.Generator, hosts: int, host: int) -> np.ndarray:
+    """This host's slice of the init ids drawn for all hosts' envs at once: the union over hosts,
+    in process order, is what one process with every env draws. [num_envs / hosts, 2]"""
+    ids = base.group_init_ids(spec, env.num_envs, env.group_size, rng, env.tasks)
+    local = env.num_envs // hosts
+    return ids[host * local : (host + 1) * local]
 
 
 def env_metrics(trajs: list[rollout.Trajectory], task_names: list[str]) -> dict[str, float]:
-    ep = {k: np.concatenate([t.episodes[k] for t in trajs]) for k in trajs[0].episodes}
+    """Episode metrics over every host's finished episodes (a collective on several hosts)."""
+    ep = {k: sharding.gather_hosts(np.concatenate([t.episodes[k] for t in trajs])) for k in trajs[0].episodes}
     if not len(ep["success_once"]):
         return {}
     out = {
@@ -120,13 +146,13 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     workdir.mkdir(parents=True, exist_ok=True)
     setup = build(exp, devices)
     mesh = setup.mesh
-    is_main = jax.process_index() == 0
+    hosts, host = jax.process_count(), jax.process_index()
+    launch.check(exp, hosts, mesh.size // hosts)
+    is_main = host == 0
     factory = experiment.sim_factory(exp.env)
     task_names = experiment.task_names(factory)
     chunks = experiment.chunk_steps(exp)
-    local_envs = exp.env.num_envs // jax.process_count()
-
-    sharding.check_batch_divisible(mesh, exp.rl.micro_batch_size, "rl.micro_batch_size")
+    local_envs = exp.env.num_envs // hosts
     state = upd.init_train_state(exp.rl, setup.params)
     state_shardings = sharding.param_shardings(mesh, state, exp.mesh.fsdp_min_bytes)
     state = jax.device_put(state, state_shardings)
@@ -139,7 +165,8 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
         start = meta["iteration"]
         if meta["seed"] != exp.train.seed:
             raise ValueError(f"{workdir} holds a run with train.seed={meta['seed']}, not {exp.train.seed}")
-        print(f"resumed from {workdir / 'checkpoints'} at iteration {start}")
+        if is_main:
+            print(f"resumed from {workdir / 'checkpoints'} at iteration {start}")
 
     writer = logs.MetricWriter(
         workdir,
@@ -149,7 +176,14 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
         config=dataclasses.asdict(exp),
         enabled=is_main,
     )
-    pool = pool_lib.EnvPool(factory, experiment.pool_config(exp.env, num_envs=local_envs, seed=exp.train.seed))
+    pool_cfg = experiment.pool_config(
+        exp.env,
+        num_envs=local_envs,
+        num_workers=exp.env.num_workers // hosts,
+        seed=exp.train.seed,
+        env_offset=host * local_envs,
+    )
+    pool = pool_lib.EnvPool(factory, pool_cfg)
     spec = pool.spec  # as the workers built it (some simulators only know it once created)
     actor = make_actor(setup, spec)
     evaluator = None
@@ -170,7 +204,8 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
             t1 = time.perf_counter()
             res = evaluator.run(state.params, _video_dir(exp, workdir, 0, "eval"))
             writer.write(0, eval_lib.flat_metrics(res) | {"time/eval_s": time.perf_counter() - t1})
-            print(f"eval before training: success {res['success']:.3f}")
+            if is_main:
+                print(f"eval before training: success {res['success']:.3f}")
         while it < exp.train.iterations:
             t_iter = time.perf_counter()
             rng = jax.random.fold_in(key, it)
@@ -178,7 +213,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
             trajs = []
             recorder = _recorder(exp, workdir, it, "train", spec) if is_main else None
             for e in range(exp.train.rollout_epochs):
-                ids = base.group_init_ids(spec, local_envs, exp.env.group_size, sampler, exp.env.tasks)
+                ids = host_init_ids(spec, exp.env, sampler, hosts, host)
                 on_frame = recorder.on_frame if (recorder and e == 0) else None
                 trajs.append(
                     rollout.collect(pool, actor, state.params, jax.random.fold_in(rng, e), ids, chunks, on_frame)
@@ -194,8 +229,9 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
             um = jax.device_get(um)
             t_update = time.perf_counter() - t1
             it += 1
-            env_steps = sum(t.env_steps for t in trajs)
+            env_steps = int(sharding.gather_hosts(np.array([sum(t.env_steps for t in trajs)])).sum())
             metrics = env_metrics(trajs, task_names) | roll_metrics | update_metrics(um)
+            # time/* are this host's clocks (process 0's are the ones logged); the rest is global.
             metrics |= {
                 "train/skipped_updates": float(jax.device_get(state.skipped)),
                 "time/rollout_s": t_rollout,
@@ -280,6 +316,7 @@ def main(argv):
 
     del argv
     config = _CONFIG.value
+    launch.initialize(_DISTRIBUTED())
     extra = {}
     if "sft" in config:
         from pirl import sft
@@ -293,6 +330,8 @@ def main(argv):
         last = train(exp, workdir)
     except KeyboardInterrupt:
         sys.exit(130)
+    if jax.process_index():
+        return
     shown = {k: v for k, v in last.items() if k.startswith(("eval/success", "env/success", "env/return"))}
     print(f"done: {workdir}  " + "  ".join(f"{k}={v:.3f}" for k, v in sorted(shown.items()) if "task_" not in k))
 
@@ -304,4 +343,5 @@ if __name__ == "__main__":
 
     _CONFIG = cli.define_config_flag()
     _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, videos)", required=True)
+    _DISTRIBUTED = launch.define_flags()
     cli.run(main)

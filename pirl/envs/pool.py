@@ -61,7 +61,9 @@ class PoolConfig:
       num_workers: P processes.
       envs_per_worker: M simulators per process.
       auto_reset: reset envs whose episode ended at the end of the chunk (see base.py).
-      seed: auto-reset init ids of env i are drawn from ``base.env_rng(seed, i)``.
+      seed: auto-reset init ids of env i are drawn from ``base.env_rng(seed, env_offset + i)``.
+      env_offset: the index of this pool's first env among all hosts' envs, so that pools of a
+        multi-host job draw what one pool of all the envs would.
       num_stages: split workers into this many stages for pipelined stepping.
       gl: MUJOCO_GL for the workers ("egl" or "osmesa"); None leaves the environment alone.
       timeout_s: a worker silent for this long during a command is killed and treated as crashed.
@@ -78,6 +80,7 @@ class PoolConfig:
     gl: str | None = None
     timeout_s: float = 600.0
     threads_per_worker: int = 1
+    env_offset: int = 0
 
     def __post_init__(self):
         if self.num_workers < 1 or self.envs_per_worker < 1:

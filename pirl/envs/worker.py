@@ -78,7 +78,7 @@ class Worker:
         self.steps = np.zeros(m, np.int64)
         self.last: list[base.Obs | None] = [None] * m
         # Restarts draw from a different stream so a replacement does not replay the same ids.
-        self.rngs = [base.env_rng(cfg.seed + 7919 * restarts, index * m + i) for i in range(m)]
+        self.rngs = [base.env_rng(cfg.seed + 7919 * restarts, cfg.env_offset + index * m + i) for i in range(m)]
         self.shm: dict[str, shared_memory.SharedMemory] = {}
         self.arrays: dict[str, np.ndarray] = {}
 
