@@ -3,7 +3,7 @@ max(sim time, inference time) measured separately on the same envs and batches (
 
     python -m pirl.bench.rollout --sim=metaworld --num_envs=8 --num_workers=2 --chunks=12
 
-sim time: the pool stepping the same chunks with fixed actions, no policy in the loop.
+sim time: the pool resetting and stepping the same chunks with fixed actions, no policy in the loop.
 inference time: the policy acting on the same observation batches with no envs stepping.
 """
 
@@ -59,10 +59,11 @@ def measure(args, stages: int) -> dict[str, float]:
             t0 = time.perf_counter()
             rollout.collect(pool, actor, params, rng, ids, args.chunks)
             wall = time.perf_counter() - t0
-            # Sim alone: the same chunks with the actions of a fixed policy output, no inference.
-            obs = pool.reset(ids)
-            _, _, actions = actor.act(params, obs, rng)
+            # Sim alone: the reset and the same chunks (a rollout starts with its reset) with the
+            # actions of a fixed policy output, no inference.
+            _, _, actions = actor.act(params, pool.reset(ids), rng)
             t0 = time.perf_counter()
+            obs = pool.reset(ids)
             for _ in range(args.chunks):
                 pool.step_chunk(actions)
             sim = time.perf_counter() - t0
