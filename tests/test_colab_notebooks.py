@@ -84,16 +84,16 @@ def test_stored_notebooks_are_clean(name):
 def test_quickstart_notebook(tmp_path):
     workdir = tmp_path / "run"
     overrides = [
-        # 2 demos, 4 SFT steps, one PPO iteration of 2 envs × 8 chunk steps, evals of 2 × 10 steps.
+        # 2 demos, 4 SFT steps, one PPO iteration of 2 envs × 12 chunk steps, evals of 2 × 10 steps.
         "--config.sft.num_demos=2",
         "--config.sft.holdout_demos=0",
         "--config.sft.steps=4",
         "--config.sft.log_every=2",
         "--config.model.image_size=28",
         "--config.env.num_envs=2",
-        "--config.env.max_steps=40",
-        "--config.rl.minibatch_size=16",
-        "--config.rl.micro_batch_size=16",
+        "--config.env.max_steps=60",  # the experts' demos need the room
+        "--config.rl.minibatch_size=24",
+        "--config.rl.micro_batch_size=24",
         "--config.rl.update_epochs=1",
         "--config.train.iterations=1",
         "--config.train.eval_every=1",

@@ -171,11 +171,11 @@ def test_local_dry_run_prints_one_command_per_process(tmp_path):
 
 
 def test_local_stops_before_starting_anything_when_the_config_does_not_divide():
-    # quickstart: 8 envs on 2 workers do not split over 3 processes.
+    # quickstart: 32 envs on 2 workers do not split over 3 processes.
     args = ("--num_processes=3", "--cpu_devices=1", "--", "--config=configs/quickstart.py", "--workdir=x")
     out = _run("local.sh", *args)
     assert out.returncode == 1
-    assert "env.num_envs=8 does not split over 3 hosts" in out.stderr
+    assert "env.num_envs=32 does not split over 3 hosts" in out.stderr
     assert "pirl.train" not in out.stdout  # no process was started (nor printed)
 
 
@@ -248,8 +248,9 @@ def test_check_cli_accepts_train_flags_and_prints_the_layout():
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    # quickstart: 8 envs on 2 workers, 96 samples, micro-batch 48 → 6 per device.
-    assert "per host 4 envs on 1 workers" in out.stdout and "(6 per device)" in out.stdout
+    # quickstart: 32 envs on 2 workers, 32 × 8 chunk steps = 256 samples, micro-batch 128 → 16 per
+    # device of the 2 × 4.
+    assert "per host 16 envs on 1 workers" in out.stdout and "(16 per device)" in out.stdout
 
 
 def test_host_pools_auto_reset_like_one_pool_of_all_envs():

@@ -25,6 +25,9 @@ MIN_BYTES = 2048  # low enough that some of the tiny model's leaves are FSDP-sha
 def _experiment(**rl):
     c = quickstart.get_config()
     c.mesh.fsdp_min_bytes = MIN_BYTES
+    # The sizes the hand counts below assume: 8 envs × 12 chunk steps = 96 samples, micro-batch 48.
+    c.env.update(num_envs=8, max_steps=60)
+    c.rl.update(minibatch_size=48, micro_batch_size=48)
     c.rl.update(rl)
     exp, _ = cli.to_experiment(c, {"sft": sft.SFTSection})
     return exp
@@ -130,7 +133,7 @@ def test_mesh_specs_and_errors():
 
 def test_devices_that_do_not_divide_the_micro_batch():
     exp = _experiment()
-    # quickstart's micro-batch is 48; 5 devices cannot split it. Fails before compiling anything.
+    # The micro-batch is 48; 5 devices cannot split it. Fails before compiling anything.
     with pytest.raises(ValueError, match=r"rl.micro_batch_size size 48 is not divisible by the 5 devices"):
         plan.plan_one(exp, exp.mesh, plan.devices_for(5), memory_gb=80)
 
