@@ -73,6 +73,16 @@ def to_experiment(
     return exp, {n: built[n] for n in (extra or {})}
 
 
+def recipe_sections(config: config_dict.ConfigDict) -> dict[str, type]:
+    """The sections a recipe may carry beyond the Experiment's (its warm-start ``sft`` stage), for
+    ``to_experiment``'s ``extra``; every command accepts such a recipe."""
+    if "sft" not in config:
+        return {}
+    from pirl import sft
+
+    return {"sft": sft.SFTSection}
+
+
 def define_config_flag(default: str | None = None) -> flags.FlagHolder:
     return config_flags.DEFINE_config_file("config", default, "experiment config file (configs/*.py[:arg])")
 

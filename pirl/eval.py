@@ -216,11 +216,7 @@ def main(argv):
     del argv
     launch.initialize(_DISTRIBUTED())
     config = _CONFIG.value
-    extra = {}
-    if "sft" in config:  # a recipe with a warm-start stage (the quickstart): evaluation ignores it
-        from pirl import sft
-
-        extra = {"sft": sft.SFTSection}
+    extra = cli.recipe_sections(config)
     exp, _ = cli.to_experiment(config, extra)
     launch.check(exp, jax.process_count(), jax.local_device_count(), with_eval=True)
     res = evaluate(exp, _WORKDIR.value)

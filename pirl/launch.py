@@ -178,11 +178,7 @@ def main(argv):
         print(f"usage: python -m pirl.launch check --config=... --num_hosts=N --devices_per_host=D (got {argv[1:]})")
         sys.exit(2)
     config = _CONFIG.value
-    extra = {}
-    if "sft" in config:
-        from pirl import sft
-
-        extra = {"sft": sft.SFTSection}
+    extra = cli.recipe_sections(config)
     try:
         exp, _ = cli.to_experiment(config, extra)
         check(exp, _HOSTS.value, _DEVICES.value)

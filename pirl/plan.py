@@ -392,11 +392,7 @@ def main(argv):
 
     del argv
     config = _CONFIG.value
-    extra = {}
-    if "sft" in config:
-        from pirl import sft
-
-        extra = {"sft": sft.SFTSection}
+    extra = cli.recipe_sections(config)
     try:
         exp, _ = cli.to_experiment(config, extra)
         targets = parse_mesh(_MESH.value, exp.mesh)

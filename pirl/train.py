@@ -317,11 +317,7 @@ def main(argv):
     del argv
     config = _CONFIG.value
     launch.initialize(_DISTRIBUTED())
-    extra = {}
-    if "sft" in config:
-        from pirl import sft
-
-        extra = {"sft": sft.SFTSection}
+    extra = cli.recipe_sections(config)
     exp, sections = cli.to_experiment(config, extra)
     workdir = pathlib.Path(_WORKDIR.value).expanduser().resolve()
     if "sft" in sections and not exp.model.checkpoint:
