@@ -20,8 +20,8 @@ shardings, so nothing is allocated. It prints per device, in GiB:
   update     scratch of the update (gradients, activations, the re-laid-out batch);
   total      the largest phase of an iteration, as ``pirl.train`` holds its arrays (on top of
              params + optimizer): rollout = buffer + sample; batching = 3 × buffer + flatten (the
-             trajectories, their stacked copy and the flat batch); update = 2 × buffer + update
-             (the trajectories stay referenced until the iteration's metrics are taken);
+             trajectories, their stacked copy and the flat batch); update = buffer + update
+             (the trajectories are released before the update);
              evaluation = eval.
 
 Params are float32, as ``init_params`` makes them; ``--params_dtype=bfloat16`` plans for a
@@ -224,7 +224,7 @@ class Row:
         return {
             "rollout": resident + self.buffer + self.sample,
             "batching": resident + 3 * self.buffer + self.flatten,
-            "update": resident + 2 * self.buffer + self.update,
+            "update": resident + self.buffer + self.update,
             "eval": resident + self.eval,
         }
 
@@ -413,7 +413,7 @@ def main(argv):
         print("# CPU-compiled scratch sizes (sample, eval, update) approximate a GPU's: XLA fuses differently there.")
     print(
         "# total: the largest phase on top of params + optimizer: rollout (buffer + sample), batching "
-        "(3 × buffer + flatten), update (2 × buffer + update), eval; kv is part of sample"
+        "(3 × buffer + flatten), update (buffer + update), eval; kv is part of sample"
     )
     for note in (c for r in rows for c in checks(r)):
         print(f"# check: {note}")

@@ -224,22 +224,26 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
             b, roll_metrics = batch_lib.to_batch(
                 trajs, exp.rl.algorithm, exp.advantage, exp.env.group_size, exp.env.auto_reset, mesh
             )
-            t1 = time.perf_counter()
-            state, um = update_fn(state, b, jax.random.fold_in(rng, 1_000_003))
-            um = jax.device_get(um)
-            t_update = time.perf_counter() - t1
-            it += 1
             env_steps = int(sharding.gather_hosts(np.array([sum(t.env_steps for t in trajs)])).sum())
-            metrics = env_metrics(trajs, task_names) | roll_metrics | update_metrics(um)
             # time/* are this host's clocks (process 0's are the ones logged); the rest is global.
+            metrics = env_metrics(trajs, task_names) | roll_metrics
             metrics |= {
-                "train/skipped_updates": float(jax.device_get(state.skipped)),
                 "time/rollout_s": t_rollout,
-                "time/update_s": t_update,
                 "time/env_wait_s": sum(t.timing["wait"] + t.timing["env"] for t in trajs),
                 "time/inference_s": sum(t.timing["infer"] for t in trajs),
                 "env/steps_per_s": env_steps / max(t_rollout, 1e-9),
                 "env/steps": float(env_steps),
+            }
+            del trajs  # their device arrays (a second copy of the batch) need not live through the update
+            t1 = time.perf_counter()
+            state, um = update_fn(state, b, jax.random.fold_in(rng, 1_000_003))
+            um = jax.device_get(um)
+            del b
+            t_update = time.perf_counter() - t1
+            it += 1
+            metrics |= update_metrics(um) | {
+                "train/skipped_updates": float(jax.device_get(state.skipped)),
+                "time/update_s": t_update,
             }
             if exp.train.eval_every and (it % exp.train.eval_every == 0 or it == exp.train.iterations):
                 t1 = time.perf_counter()
