@@ -42,7 +42,10 @@ def test_mistyped_override_names_the_closest_field(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_final_checkpoint_and_the_run_resumes(tmp_path):
-    cmd = [sys.executable, "-m", "pirl.train", *SHRUNK, "--config.train.save_every=0", f"--workdir={tmp_path}"]
+    # Far more iterations than can finish before the signal (a shrunk iteration takes well under a
+    # second), so the run is always interrupted mid-way.
+    long = [*SHRUNK, "--config.train.iterations=100000", "--config.train.save_every=0"]
+    cmd = [sys.executable, "-m", "pirl.train", *long, f"--workdir={tmp_path}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
