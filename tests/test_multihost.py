@@ -14,6 +14,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from multiprocess_helpers import run_processes
 
 from configs import common  # noqa: F401  (the config file below imports it; fail here if it moved)
 from pirl import cli, logging, runstate, train
@@ -164,32 +165,7 @@ print(json.dumps({
 
 
 def test_host_major_helpers_across_two_processes():
-    import socket
-    import sys
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(port), str(pid)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for pid in range(2)
-    ]
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err[-2000:]
-        outs.append(json.loads(out.strip().splitlines()[-1]))
+    outs = run_processes(_WORKER)
     for out in outs:
         # Stage 0 holds the even env rows of each host, host-major.
         assert out["stage0"] == [0.0, 2.0, 4.0, 6.0, 10.0, 12.0, 14.0, 16.0]

@@ -1,13 +1,9 @@
 """Multi-host helpers with two real JAX processes on this machine (jax.distributed over loopback)."""
 
-import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
+from multiprocess_helpers import run_processes
 
 _WORKER = textwrap.dedent(
     """
@@ -33,35 +29,8 @@ _WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_build_one_global_batch():
-    port = _free_port()
-    env = {
-        **os.environ,
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
-    }
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _WORKER, str(port), str(pid)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for pid in range(2)
-    ]
-    outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err[-2000:]
-        outs.append(json.loads(out.strip().splitlines()[-1]))
+    outs = run_processes(_WORKER)
     # Global batch = host 0's rows then host 1's: column j sums
     #   host 0: j + (3 + j) + (6 + j) + (9 + j) = 18 + 4j
     #   host 1: the same + 4·100 = 418 + 4j            → total 436 + 8j = [436, 444, 452].
