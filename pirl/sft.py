@@ -50,6 +50,8 @@ class SFTSection:
     num_demos: training episodes; holdout_demos more are kept out of training and scored with a
       fixed-noise flow loss at every log step (0: no held-out score).
     action_noise: std of Gaussian noise added to the experts' actions (more varied demos).
+    demo_max_steps: episode limit while collecting expert demos (0: env.max_steps). A tight RL
+      time limit would otherwise keep only the demos of the nearest goals.
     lr: AdamW peak learning rate, reached after warmup_steps, cosine-decayed to lr/10 at `steps`.
     augment: openpi's image augmentation (crop, rotation, color jitter) on every training batch.
     asset_id: the norm stats go to <out_dir>/assets/<asset_id>/norm_stats.json.
@@ -59,6 +61,7 @@ class SFTSection:
     num_demos: int = 50
     holdout_demos: int = 0
     action_noise: float = 0.0
+    demo_max_steps: int = 0
     image_keys: tuple[str, ...] = ()
     state_key: str = "observation.state"
     action_key: str = "action"
@@ -77,8 +80,9 @@ class SFTSection:
         for name in ("num_demos", "steps", "batch_size", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
-        if self.holdout_demos < 0 or self.warmup_steps < 0:
-            raise ValueError("sft.holdout_demos and sft.warmup_steps must be >= 0")
+        for name in ("holdout_demos", "warmup_steps", "demo_max_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"sft.{name} must be >= 0, got {getattr(self, name)}")
         if not self.asset_id:
             raise ValueError("sft.asset_id must name the norm stats' asset directory")
 
@@ -94,7 +98,8 @@ def load_demos(exp: experiment.Experiment, sft: SFTSection) -> list[demos_lib.Ep
             raise ValueError(f"sft.dataset={METAWORLD_EXPERT!r} needs env.sim='metaworld', got {exp.env.sim!r}")
         # Goals come from all 50 MT1 variations, not only env.num_trials of them: few demos should
         # still cover varied layouts.
-        sim = dataclasses.replace(experiment.sim_factory(exp.env, num_trials=50), state="full")
+        sim = experiment.sim_factory(exp.env, num_trials=50, max_steps=sft.demo_max_steps or None)
+        sim = dataclasses.replace(sim, state="full")
         workers = 2
         num_envs = max(workers, exp.env.num_envs - exp.env.num_envs % workers)
         pool_cfg = experiment.pool_config(exp.env, num_envs=num_envs, num_workers=workers, seed=sft.seed)

@@ -91,7 +91,7 @@ def test_quickstart_notebook(tmp_path):
         "--config.sft.log_every=2",
         "--config.model.image_size=28",
         "--config.env.num_envs=2",
-        "--config.env.max_steps=60",  # the experts' demos need the room
+        "--config.env.max_steps=60",
         "--config.rl.minibatch_size=24",
         "--config.rl.micro_batch_size=24",
         "--config.rl.update_epochs=1",

@@ -248,9 +248,9 @@ def test_check_cli_accepts_train_flags_and_prints_the_layout():
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    # quickstart: 32 envs on 2 workers, 32 × 8 chunk steps = 256 samples, micro-batch 128 → 16 per
+    # quickstart: 32 envs on 2 workers, 32 × 6 chunk steps = 192 samples, micro-batch 96 → 12 per
     # device of the 2 × 4.
-    assert "per host 16 envs on 1 workers" in out.stdout and "(16 per device)" in out.stdout
+    assert "per host 16 envs on 1 workers" in out.stdout and "(12 per device)" in out.stdout
 
 
 def test_host_pools_auto_reset_like_one_pool_of_all_envs():

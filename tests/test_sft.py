@@ -1,5 +1,7 @@
 """SFT on MetaWorld scripted-expert demos: demos, norm stats, held-out loss, checkpoint round trip."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -51,6 +53,19 @@ def test_expert_demos_are_successful_hand_state_episodes(setup):
         assert np.corrcoef(moves, pushes)[0, 1] > 0.5
     # Different goals give different trajectories.
     assert not np.allclose(episodes[0].state[-1], episodes[1].state[-1])
+
+
+def test_demo_max_steps_outlasts_the_rl_time_limit(setup):
+    # reach-v3: the hand starts at y = 0.6, every goal has y >= 0.8, success needs 0.05 m, and the
+    # hand moves at most 1 cm a step, so no expert succeeds in under 15 steps: a demo exists only
+    # because sft.demo_max_steps overrides env.max_steps = 10 while collecting.
+    exp, cfg, _ = setup
+    samples = exp.env.num_envs * 2  # 2 chunk steps of 5
+    rl = dataclasses.replace(exp.rl, minibatch_size=samples, micro_batch_size=samples)
+    exp = dataclasses.replace(exp, env=dataclasses.replace(exp.env, max_steps=10), rl=rl)
+    cfg = dataclasses.replace(cfg, num_demos=1, holdout_demos=0, demo_max_steps=100)
+    (demo,) = sft.load_demos(exp, cfg)
+    assert demo.success and 15 <= len(demo) <= 100
 
 
 def test_norm_stats_are_those_of_the_training_demos(setup, fitted):
