@@ -1,8 +1,9 @@
 """The PPO / GRPO update: TrainState, optimizer, trainable sets, and the jitted step.
 
-One call runs ``update_epochs`` passes over a rollout of N samples: each pass shuffles, splits into
-N / minibatch_size minibatches (one optimizer step each), and each minibatch into micro-batches
-whose gradients are accumulated; the three loops are nested ``lax.scan``s.
+One call runs ``update_epochs`` passes over a rollout of N samples: each pass shuffles (within each
+device's shard of the batch, see ``shard_layout``), splits into N / minibatch_size minibatches (one
+optimizer step each), and each minibatch into micro-batches whose gradients are accumulated; the
+three loops are nested ``lax.scan``s.
 
 Trainable sets (on param paths, see ``critic`` for the layout):
   full         everything;
@@ -231,6 +232,33 @@ def _where_tree(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
 
+def shard_permutations(key: jax.Array, n: int, shards: int) -> Int[Array, "S n/S"]:
+    """An independent permutation of each shard's n/shards row indices (local to the shard)."""
+    rows = jnp.broadcast_to(jnp.arange(n // shards), (shards, n // shards))
+    return jax.random.permutation(key, rows, axis=1, independent=True)
+
+
+def shard_layout(x: Array, n_mb: int, n_micro: int, shards: int, perm: Array | None = None) -> Array:
+    """[N, ...] → [M, U, b, ...] without moving rows between shards.
+
+    Shard s holds rows [s·N/S, (s+1)·N/S). Micro-batch (m, u) is the concatenation over s of shard
+    s's rows at positions [(m·U + u)·b/S, (m·U + u + 1)·b/S) of ``perm[s]`` (identity if None).
+    Sharded over S on its b axis, each device keeps exactly its own rows: a global shuffle would
+    instead gather across devices, which XLA does by holding the whole rollout on every device."""
+    local = x.reshape(shards, x.shape[0] // shards, *x.shape[1:])
+    if perm is not None:
+        local = jax.vmap(lambda rows, p: rows[p])(local, perm)
+    local = local.reshape(shards, n_mb, n_micro, -1, *x.shape[1:])
+    return jnp.moveaxis(local, 0, 2).reshape(n_mb, n_micro, -1, *x.shape[1:])
+
+
+def unshard_layout(y: Array, shards: int) -> Array:
+    """The inverse of ``shard_layout`` without a permutation: [M, U, b, ...] → [N, ...]."""
+    m, u, b = y.shape[:3]
+    local = y.reshape(m, u, shards, b // shards, *y.shape[3:])
+    return jnp.moveaxis(local, 2, 0).reshape(m * u * b, *y.shape[3:])
+
+
 def update(
     policy: flow.FlowPolicyConfig,
     model_config,
@@ -239,10 +267,15 @@ def update(
     batch: Batch,
     rng: jax.Array,
     mesh: Mesh | None = None,
+    shards: int | None = None,
 ) -> tuple[TrainState, dict[str, Float[Array, "E M"]]]:
     """Runs all epochs × minibatches × micro-batches; returns the new state and per-minibatch
     metrics (policy/value losses, approx_kl, clip_fraction, ratio, value_clip_ratio,
     explained_variance, entropy, grad_norm, skipped, logp_recompute_diff).
+
+    The batch lies on ``shards`` pieces of N/shards consecutive rows (default: the mesh's devices,
+    1 without a mesh); every micro-batch takes an equal share of rows from each piece, shuffled
+    within the piece (``shard_layout``), so no sample leaves its device.
 
     ``logp_recompute_diff`` is the max |θ_old log-prob − rollout log-prob| over the minibatch's
     valid samples; without ``recompute_logp`` only the first step knows θ_old's log-probs, so every
@@ -253,6 +286,12 @@ def update(
     if config.algorithm == "ppo" and policy.value_source == "none":
         raise ValueError("PPO needs a critic: set value_source to 'expert' or 'vlm'")
     n_mb, n_micro = n // config.minibatch_size, config.minibatch_size // config.micro_batch_size
+    if shards is None:
+        shards = 1 if mesh is None else mesh.size
+    if config.micro_batch_size % shards:
+        raise ValueError(
+            f"micro_batch_size {config.micro_batch_size} does not split over the batch's {shards} shards (devices)"
+        )
     labels = param_labels(config.trainable, state.params)
     train, frozen = split_params(state.params, labels)
     train_labels, _ = split_params(labels, labels)
@@ -265,14 +304,11 @@ def update(
         spec = PartitionSpec(None, None, sharding.BATCH_AXES)
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
+    def constrain_rows(x):
+        return x if mesh is None else jax.lax.with_sharding_constraint(x, sharding.batch_sharding(mesh))
+
     def layout(tree, perm=None):
-        """[N, ...] → [M, U, b, ...], in the order ``perm`` if given."""
-        return jax.tree.map(
-            lambda x: constrain(
-                (x if perm is None else x[perm]).reshape(n_mb, n_micro, config.micro_batch_size, *x.shape[1:])
-            ),
-            tree,
-        )
+        return jax.tree.map(lambda x: constrain(shard_layout(x, n_mb, n_micro, shards, perm)), tree)
 
     def minibatch_step(carry, xs):
         tr, opt_state, skipped = carry
@@ -298,11 +334,11 @@ def update(
     pre = None
     if config.recompute_logp and config.update_epochs * n_mb > 1:
         pre = _recompute_old(policy, model_config, state.params, layout(batch))
-        pre = jax.tree.map(lambda x: x.reshape(n, *x.shape[3:]), pre)
+        pre = jax.tree.map(lambda x: constrain_rows(unshard_layout(x, shards)), pre)
 
     def epoch(carry, xs):
         key, e = xs
-        perm = jax.random.permutation(key, n) if config.shuffle else jnp.arange(n)
+        perm = shard_permutations(key, n, shards) if config.shuffle else None
         first = (e == 0) & (jnp.arange(n_mb) == 0)
         return jax.lax.scan(minibatch_step, carry, (layout((batch, pre), perm), first))
 
