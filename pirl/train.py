@@ -19,6 +19,7 @@ videos; the checkpoints are written jointly (orbax), so the workdir must be one 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -140,6 +141,27 @@ def _install_sigterm():
         signal.signal(signal.SIGTERM, handler)
 
 
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Holds Ctrl-C and SIGTERM until the block ends, then raises KeyboardInterrupt if one came.
+
+    The update donates the state's buffers: an interrupt after the call but before ``state`` is
+    rebound would leave only deleted arrays for the final checkpoint."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in held}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if pending:
+        raise KeyboardInterrupt(f"signal {pending[0]}")
+
+
 def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=None) -> dict[str, float]:
     """Runs (or resumes) the experiment in ``workdir``; returns the last iteration's metrics."""
     workdir = pathlib.Path(workdir).expanduser().resolve()
@@ -190,7 +212,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     key = jax.random.key(exp.train.seed)
     last: dict[str, float] = {}
     it = start
-    saved_at = start
+    saved_at = logged = start
     _install_sigterm()
     bar = None
     if exp.train.progress and is_main:
@@ -236,15 +258,16 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
             }
             del trajs  # their device arrays (a second copy of the batch) need not live through the update
             t1 = time.perf_counter()
-            state, um = update_fn(state, b, jax.random.fold_in(rng, 1_000_003))
-            um = jax.device_get(um)
-            del b
-            t_update = time.perf_counter() - t1
-            it += 1
-            metrics |= update_metrics(um) | {
-                "train/skipped_updates": float(jax.device_get(state.skipped)),
-                "time/update_s": t_update,
-            }
+            # Ctrl-C waits for the update: it donates the old state, so the state, the iteration
+            # count and the iteration's metrics change together.
+            with interrupts_deferred():
+                state, um = update_fn(state, b, jax.random.fold_in(rng, 1_000_003))
+                del b
+                metrics |= update_metrics(jax.device_get(um)) | {
+                    "train/skipped_updates": float(jax.device_get(state.skipped)),
+                    "time/update_s": time.perf_counter() - t1,
+                }
+                it += 1
             if exp.train.eval_every and (it % exp.train.eval_every == 0 or it == exp.train.iterations):
                 t1 = time.perf_counter()
                 if evaluator is None:
@@ -254,6 +277,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
                 metrics["time/eval_s"] = time.perf_counter() - t1
             metrics["time/iteration_s"] = time.perf_counter() - t_iter
             writer.write(it, metrics)
+            logged = it
             last = metrics
             if bar is not None:
                 bar.update(1)
@@ -262,18 +286,23 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
                 ckpt.save(it, state, {"iteration": it, "seed": exp.train.seed})
                 saved_at = it
     except KeyboardInterrupt:
+        if logged < it:  # interrupted after the update (in its eval): keep what it measured
+            writer.write(it, metrics)
         print(f"interrupted: saving iteration {it} to {workdir / 'checkpoints'}", file=sys.stderr)
         raise
     finally:
-        if saved_at != it or ckpt.latest() is None:
-            ckpt.save(it, state, {"iteration": it, "seed": exp.train.seed})
-        ckpt.close()
-        pool.close()
-        if evaluator is not None:
-            evaluator.close()
-        if bar is not None:
-            bar.close()
-        writer.close()
+        # Every close runs even if the save (or another close) raises: a skipped one could leave
+        # worker processes or checkpoint threads that keep the interpreter from exiting.
+        with contextlib.ExitStack() as cleanup:
+            cleanup.callback(writer.close)
+            if bar is not None:
+                cleanup.callback(bar.close)
+            if evaluator is not None:
+                cleanup.callback(evaluator.close)
+            cleanup.callback(pool.close)
+            cleanup.callback(ckpt.close)
+            if saved_at != it or ckpt.latest() is None:
+                ckpt.save(it, state, {"iteration": it, "seed": exp.train.seed})
     if is_main:
         logs.plot_learning_curve(workdir, CURVE_KEYS)
     return last

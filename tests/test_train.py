@@ -4,6 +4,8 @@ bit in the final params; logs, checkpoints and the learning curve are written.""
 
 import json
 import math
+import os
+import signal
 import time
 
 import jax
@@ -52,13 +54,50 @@ def _compile_cache(tmp_path_factory):
     jax.config.update("jax_compilation_cache_dir", old)
 
 
+def _interrupt_after_update(monkeypatch, call: int):
+    """Makes the update send this process SIGINT the moment its ``call``-th call returns: the old
+    state's buffers are donated, the new state is not yet bound to ``state``."""
+    real = upd.jit_update
+
+    def patched(*args, **kwargs):
+        fn, calls = real(*args, **kwargs), []
+
+        def update_fn(*a):
+            out = fn(*a)
+            calls.append(1)
+            if len(calls) == call:
+                os.kill(os.getpid(), signal.SIGINT)
+            return out
+
+        return update_fn
+
+    monkeypatch.setattr(upd, "jit_update", patched)
+
+
+def test_interrupts_deferred_holds_the_signal_to_the_end_of_the_block():
+    ran = []
+    with pytest.raises(KeyboardInterrupt, match="signal 2"), train.interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+        ran.append("after the signal")
+    assert ran == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 @pytest.mark.slow
-def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path):
+def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     t0 = time.perf_counter()
     train.train(_experiment(2), resumed)
     print(f"first run {time.perf_counter() - t0:.1f}s")
     assert [r["step"] for r in _rows(resumed)] == [1, 2]
+    # Resumed towards 4, then Ctrl-C lands right after iteration 3's update has donated the old
+    # state: the final checkpoint holds the updated state as iteration 3, with its metrics logged.
+    with monkeypatch.context() as m:
+        _interrupt_after_update(m, call=1)
+        with pytest.raises(KeyboardInterrupt):
+            train.train(_experiment(4), resumed)
+    assert [r["step"] for r in _rows(resumed)] == [1, 2, 3]
+    assert _final_params(resumed, _experiment(4))[0]["iteration"] == 3
     train.train(_experiment(4), resumed)
     t0 = time.perf_counter()
     train.train(_experiment(4), straight)

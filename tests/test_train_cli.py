@@ -46,14 +46,21 @@ def test_ctrl_c_saves_a_final_checkpoint_and_the_run_resumes(tmp_path):
     # second), so the run is always interrupted mid-way.
     long = [*SHRUNK, "--config.train.iterations=100000", "--config.train.save_every=0"]
     cmd = [sys.executable, "-m", "pirl.train", *long, f"--workdir={tmp_path}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # faulthandler prints every thread's stack on SIGABRT: a run that does not stop says where.
+    env = _env() | {"PYTHONFAULTHANDLER": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
         while not logging.read_metrics(tmp_path) and time.monotonic() < deadline:
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(1)
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=300)
+        try:
+            out, _ = proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            out, _ = proc.communicate(timeout=60)
+            pytest.fail(f"no exit 300 s after SIGINT; its stacks:\n{out[-6000:]}")
     finally:
         proc.kill()
     assert proc.returncode == 130, out[-3000:]
