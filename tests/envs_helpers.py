@@ -36,6 +36,19 @@ class RenderEveryStep:
         return group
 
 
+def chunk_observations(factory, pool_cfg, ids, actions, chunk: int, then_reset=None) -> list:
+    """Observations of a pool of ``factory``: the reset of ``ids``, one per chunk of ``chunk``
+    steps of ``actions`` [N, T, A], and a second reset of ``then_reset`` if given."""
+    from pirl.envs import pool
+
+    with pool.EnvPool(factory, pool_cfg) as p:
+        out = [p.reset(ids)]
+        out += [p.step_chunk(actions[:, c : c + chunk]).obs for c in range(0, actions.shape[1], chunk)]
+        if then_reset is not None:
+            out.append(p.reset(then_reset))
+    return out
+
+
 def assert_images_ok(images: dict, names, size):
     """Every camera present, (N, H, W, 3) uint8 and not a constant image."""
     assert sorted(images) == sorted(names), sorted(images)

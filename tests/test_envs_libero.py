@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("libero")
 
-from envs_helpers import LIBERO_ASSETS, ROOT, NoJax, RenderEveryStep, assert_images_ok
+from envs_helpers import LIBERO_ASSETS, ROOT, NoJax, RenderEveryStep, assert_images_ok, chunk_observations
 
 from pirl.envs import libero as lb
 from pirl.envs import pool
@@ -101,13 +101,12 @@ def test_deferred_render_equals_rendering_every_step():
     chunk = 3  # 7 steps = 3 + 3 + 1
     actions = np.random.default_rng(0).uniform(-0.5, 0.5, (2, 3 * chunk, 7)).astype(np.float32)
     ids = np.array([[0, 0], [3, 1]])
-    results = []
-    for factory in (NoJax(cfg), RenderEveryStep(cfg)):
-        with pool.EnvPool(factory, pool.PoolConfig(2, 1, gl="egl")) as p:
-            out = [p.reset(ids)]
-            out += [p.step_chunk(actions[:, c * chunk : (c + 1) * chunk]).obs for c in range(3)]
-            out.append(p.reset(ids[::-1]))  # a second episode after the cut one starts alike
-            results.append(out)
+    cfg_pool = pool.PoolConfig(2, 1, gl="egl")
+    # then_reset: a second episode after the cut one starts alike.
+    results = [
+        chunk_observations(f, cfg_pool, ids, actions, chunk, then_reset=ids[::-1])
+        for f in (NoJax(cfg), RenderEveryStep(cfg))
+    ]
     for deferred, eager in zip(*results, strict=True):
         assert_images_ok(deferred.images, ["main", "wrist"], (32, 32))
         for cam in ("main", "wrist"):

@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("metaworld")
 
-from envs_helpers import NoJax, RenderEveryStep, assert_images_ok
+from envs_helpers import NoJax, RenderEveryStep, assert_images_ok, chunk_observations
 
 from pirl.envs import base, pool
 from pirl.envs import metaworld as mw
@@ -77,12 +77,8 @@ def test_deferred_render_equals_rendering_every_step():
     chunk = 3  # 7 steps = 3 + 3 + 1: the episode is truncated on the first step of the third chunk
     actions = np.random.default_rng(0).uniform(-1, 1, (2, 3 * chunk, 4)).astype(np.float32)
     ids = np.array([[0, 1], [0, 4]])
-    results = []
-    for factory in (NoJax(cfg), RenderEveryStep(cfg)):
-        with pool.EnvPool(factory, pool.PoolConfig(1, 2, gl="osmesa")) as p:
-            out = [p.reset(ids)]
-            out += [p.step_chunk(actions[:, c * chunk : (c + 1) * chunk]).obs for c in range(3)]
-            results.append(out)
+    cfg_pool = pool.PoolConfig(1, 2, gl="osmesa")
+    results = [chunk_observations(f, cfg_pool, ids, actions, chunk) for f in (NoJax(cfg), RenderEveryStep(cfg))]
     for deferred, eager in zip(*results, strict=True):
         assert_images_ok(deferred.images, ["main"], (32, 32))
         np.testing.assert_array_equal(deferred.images["main"], eager.images["main"])

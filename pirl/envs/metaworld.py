@@ -245,16 +245,15 @@ class MetaWorldSim:
             self.env, self.env_name = env, name
         return self.env
 
-    def _obs(self, raw: np.ndarray) -> base.Obs:
+    def _obs(self, raw: np.ndarray, render: bool = True) -> base.Obs:
+        """``render`` False leaves the images out: rendering is ~all of a step's cost."""
         images = {}
-        if self.cfg.render:
+        if self.cfg.render and render:
             img = self.env.render()
             images["main"] = np.ascontiguousarray(img[::-1] if self.cfg.flip else img)
         self.last_raw = raw
-        return base.Obs(images=images, state=self._state(raw))
-
-    def _state(self, raw: np.ndarray) -> np.ndarray:
-        return (raw[:4] if self.cfg.state == "hand" else raw).astype(np.float32)
+        state = raw[:4] if self.cfg.state == "hand" else raw
+        return base.Obs(images=images, state=state.astype(np.float32))
 
     def reset(self, task: int, trial: int) -> tuple[base.Obs, str]:
         name = self.names[task]
@@ -273,12 +272,7 @@ class MetaWorldSim:
         reward = float(shaped) / 10.0 if dense else float(success) - float(self.prev_success)
         terminated = success and not dense
         self.prev_success = success
-        if observe:
-            obs = self._obs(raw)
-        else:  # rendering is ~all of a step's cost; skipped for states the policy never sees
-            self.last_raw = raw
-            obs = base.Obs(images={}, state=self._state(raw))
-        return base.StepOut(obs, reward, terminated, bool(truncated), success)
+        return base.StepOut(self._obs(raw, render=observe), reward, terminated, bool(truncated), success)
 
     def observe(self) -> base.Obs:
         """The observation of the current state (the last step's: MuJoCo renders mjData as it is)."""
