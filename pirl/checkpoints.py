@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from pirl import torch_convert
+from pirl import checkpoint_checks, torch_convert
 from pirl.data import norm_stats as _norm_stats
 from pirl.models import gemma, pi0, siglip
 from pirl.models.tokenizer import default_cache_dir
@@ -34,12 +34,7 @@ CheckpointError = torch_convert.CheckpointError
 
 
 def _params_dir(path: str | pathlib.Path) -> pathlib.Path:
-    path = resolve_path(path).resolve()
-    if (path / "params").is_dir():
-        path = path / "params"
-    if not path.is_dir():
-        raise FileNotFoundError(f"no openpi checkpoint at {path} (expected a directory with params/)")
-    return path
+    return checkpoint_checks.openpi_params_dir(resolve_path(path).resolve())
 
 
 def restore_params(
@@ -54,11 +49,13 @@ def restore_params(
     its shards). `dtype` casts on read (e.g. "bfloat16" for serving); None keeps the stored dtype.
     """
     path = _params_dir(path)
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with ocp.PyTreeCheckpointer() as ckptr, checkpoint_checks.reading(path):
         meta = ckptr.metadata(path)
         tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+        if tree is None:
+            raise CheckpointError(f"checkpoint {path} is incomplete or corrupt: its tree metadata cannot be read")
         if "params" not in tree:
-            raise KeyError(f"{path} holds no 'params' item (found {sorted(tree)})")
+            raise CheckpointError(f"checkpoint {path} holds no 'params' item (found {sorted(tree)})")
         item = {"params": tree["params"]}
         if sharding is None:
             args = ocp.ArrayRestoreArgs(restore_type=np.ndarray, dtype=dtype)
@@ -125,7 +122,10 @@ def load_openpi(path: str | pathlib.Path, **overrides) -> tuple[pi0.Pi0Config, d
         actions = pi0.sample_actions(config, params, observation, noise, num_steps=10)
     """
     params = restore_params(path)
-    config = infer_config(params, **overrides)
+    try:
+        config = infer_config(params, **overrides)
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint {path}: {e.args[0]}") from None
     # Stored dtypes vary (float32, bfloat16): only paths and shapes must match the architecture.
     validate_params(params, pi0.param_shapes(config), check_dtype=False)
     return config, params
@@ -243,7 +243,7 @@ def load_norm_stats(path: str | os.PathLike, asset_id: str | None = None) -> dic
         if len(found) != 1:
             raise CheckpointError(f"{assets}: pass asset_id, norm stats exist for {found or 'no asset'}")
         asset_id = found[0]
-    return _norm_stats.load(assets / asset_id)
+    return checkpoint_checks.load_norm_stats(assets / asset_id)
 
 
 def save_openpi(

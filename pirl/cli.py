@@ -7,13 +7,16 @@ that touches ml_collections ConfigDicts; everything past it gets frozen dataclas
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 
 from absl import flags
 from ml_collections import config_dict, config_flags
 
-from pirl import experiment, sharding
+from pirl import errors, experiment, sharding
 from pirl.rl import flow
 from pirl.rl import update as upd
 
@@ -49,7 +52,9 @@ def to_dataclass(cls: type, section: config_dict.ConfigDict | dict, name: str):
     try:
         return cls(**kw)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config section {name!r}: {e}") from None
+        # Range checks name the field as section.field already.
+        msg = str(e) if str(e).startswith(f"{name}.") else f"config section {name!r}: {e}"
+        raise ConfigError(msg) from None
 
 
 def sections(config: config_dict.ConfigDict, classes: Mapping[str, type]) -> dict:
@@ -102,7 +107,53 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+# What a command reports as one ``error:`` line (the traceback only with --verbosity=1 or more):
+# configs and inputs that do not fit (ValueError, which ConfigError and CheckpointError are), files
+# and directories (OSError), and pirl's own UserError. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (errors.UserError, ValueError, OSError)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (its ``summary`` if it has one)."""
+    if isinstance(e, errors.UserError):
+        return e.summary
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def exit_now(code: int, grace_s: float = 5.0) -> None:
+    """Exits with ``code``. Library threads that can never finish (orbax's, after a save that
+    failed half-way, wait for a signal that will not come) would hold a normal exit forever: after
+    ``grace_s`` for them to end, the process leaves without them."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    deadline = time.monotonic() + grace_s
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() and not t.daemon and t is not threading.current_thread() for t in threading.enumerate()):
+        os._exit(code)
+    sys.exit(code)
+
+
+def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """``main`` whose user errors print ``error: <message>`` on one line and exit 2 (config) or
+    1 (anything else); ``--verbosity=1`` shows the traceback instead."""
+
+    def wrapped(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except USER_ERRORS as e:
+            if flags.FLAGS.verbosity >= 1:
+                raise
+            print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+            exit_now(2 if isinstance(e, ConfigError) else 1)
+
+    return wrapped
+
+
 def run(main: Callable[[list[str]], None]) -> None:
     from absl import app
 
-    app.run(main, flags_parser=parse_flags)
+    app.run(guarded(main), flags_parser=parse_flags)

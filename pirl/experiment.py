@@ -16,13 +16,15 @@ import difflib
 import math
 from typing import Any
 
-from pirl import sharding
+from pirl import ranges, sharding
 from pirl.data import transforms
 from pirl.models import pi0
 from pirl.rl import flow
 from pirl.rl import update as upd
 
 SIMS = ("metaworld", "libero", "maniskill", "toy")
+BOOTSTRAP = ("truncated", "always", "none")
+WANDB_MODES = ("online", "offline", "shared", "disabled")  # wandb.init(mode=...), wandb_settings.Settings.mode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,15 @@ class ModelSpec:
     discrete_state_input: str = ""
 
     def __post_init__(self):
+        ranges.check(
+            "model",
+            self,
+            image_size=">= 1",
+            action_horizon=">= 1",
+            max_token_len=">= 0",
+            vocab_size=">= 0",
+            action_dim=">= 1",
+        )
         if self.discrete_state_input not in ("", "on", "off"):
             raise ValueError(f"model.discrete_state_input must be '', 'on' or 'off', got {self.discrete_state_input!r}")
         if self.discrete_state_input == "on" and not self.pi05:
@@ -115,7 +126,7 @@ class EnvSection:
     tasks: tuple[int, ...] = ()
     gl: str = ""  # MUJOCO_GL for workers: "egl", "osmesa" or "" (leave as is)
     seed: int = 0
-    timeout_s: float = 600.0
+    timeout_s: float = 0.0  # a worker silent this long is replaced; 0: from its measured step time (pool.py)
     control_mode: str = ""
     reward_mode: str = ""
     backend: str = "cpu"
@@ -123,6 +134,24 @@ class EnvSection:
     def __post_init__(self):
         if self.sim not in SIMS:
             raise ValueError(f"env.sim must be one of {SIMS}, got {self.sim!r}")
+        ranges.check(
+            "env",
+            self,
+            num_envs=">= 1",
+            num_workers=">= 1",
+            num_stages=">= 1",
+            group_size=">= 1",
+            max_steps=">= 1",
+            num_trials=">= 1",
+            image_size=">= 1",
+            warmup_steps=">= 0",
+            tasks=">= 0",
+            seed=">= 0",
+            timeout_s=">= 0",
+        )
+        if self.num_stages > self.num_workers:
+            raise ValueError(f"env.num_stages={self.num_stages} exceeds env.num_workers={self.num_workers}")
+        check_task(self.sim, self.task)
         if self.sim != "maniskill":
             for name, unset in (("control_mode", ""), ("backend", "cpu")):
                 if getattr(self, name) != unset:
@@ -152,6 +181,13 @@ class AdvantageConfig:
     filter_high: float = 0.9
     bootstrap: str = "truncated"  # auto-reset only: add γ·V(final obs) on "truncated" | "always" | "none"
 
+    def __post_init__(self):
+        ranges.check("advantage", self, gamma="[0, 1]", gae_lambda="[0, 1]", filter_low="finite", filter_high="finite")
+        if self.filter_low > self.filter_high:
+            raise ValueError(f"advantage.filter_low={self.filter_low} exceeds advantage.filter_high={self.filter_high}")
+        if self.bootstrap not in BOOTSTRAP:
+            raise ValueError(f"advantage.bootstrap must be one of {BOOTSTRAP}, got {self.bootstrap!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
@@ -173,6 +209,21 @@ class TrainSection:
     wandb_project: str = ""  # "" disables wandb
     wandb_mode: str = "offline"
     progress: bool = True
+
+    def __post_init__(self):
+        ranges.check(
+            "train",
+            self,
+            iterations=">= 1",
+            rollout_epochs=">= 1",
+            seed=">= 0",
+            eval_every=">= 0",
+            save_every=">= 0",
+            keep_checkpoints=">= 1",
+            video_every=">= 0",
+        )
+        if self.wandb_mode not in WANDB_MODES:
+            raise ValueError(f"train.wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +247,18 @@ class EvalSection:
     protocol: str = ""  # "openpi_libero": replan 5, 10 warm-up no-ops, per-suite max steps, 50 trials, seed 7
 
     def __post_init__(self):
+        ranges.check(
+            "eval",
+            self,
+            num_envs=">= 1",
+            num_workers=">= 1",
+            num_trials=">= 1",
+            tasks=">= 0",
+            max_steps=">= -1",
+            warmup_steps=">= -1",
+            replan=">= 0",
+            seed=">= 0",
+        )
         if self.protocol not in ("", "openpi_libero"):
             raise ValueError(f"eval.protocol must be '' or 'openpi_libero', got {self.protocol!r}")
         if self.protocol == "openpi_libero":
@@ -254,6 +317,28 @@ def chunk_steps(exp: Experiment) -> int:
 
 def rollout_samples(exp: Experiment) -> int:
     return exp.train.rollout_epochs * exp.env.num_envs * chunk_steps(exp)
+
+
+def check_task(sim: str, task: str) -> None:
+    """Rejects a MetaWorld benchmark/task or LIBERO suite name that does not exist, from the names
+    the adapters know without importing a simulator (config time, before any set-up)."""
+    if sim == "metaworld":
+        from pirl.envs import metaworld
+
+        valid = ["MT50", "ML45-train", "ML45-test", *metaworld.INSTRUCTIONS]
+        if task not in valid:
+            raise ValueError(
+                f"env.task={task!r} is not a MetaWorld benchmark or task{closest(task, valid)}: use MT50, "
+                "ML45-train, ML45-test or a task name such as reach-v3"
+            )
+    elif sim == "libero":
+        from pirl.envs import libero
+
+        valid = [*libero.SUITES, libero.UNION]
+        if task not in valid:
+            raise ValueError(f"env.task={task!r} is not a LIBERO suite{closest(task, valid)}: use one of {valid}")
+    elif sim == "maniskill" and not task.strip():
+        raise ValueError("env.task must name ManiSkill env id(s), comma-separated")
 
 
 def closest(name: str, valid) -> str:

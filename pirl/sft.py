@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jaxtyping import Float, UInt8
 
-from pirl import checkpoints, experiment, sharding
+from pirl import checkpoints, experiment, ranges, sharding
 from pirl.data import augment as aug
 from pirl.data import demos as demos_lib
 from pirl.data import lerobot, transforms
@@ -77,12 +77,22 @@ class SFTSection:
     asset_id: str = "pirl/sft"
 
     def __post_init__(self):
-        for name in ("num_demos", "steps", "batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("holdout_demos", "warmup_steps", "demo_max_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"sft.{name} must be >= 0, got {getattr(self, name)}")
+        ranges.check(
+            "sft",
+            self,
+            num_demos=">= 1",
+            holdout_demos=">= 0",
+            action_noise=">= 0",
+            demo_max_steps=">= 0",
+            steps=">= 1",
+            batch_size=">= 1",
+            lr=">= 0",
+            warmup_steps=">= 0",
+            weight_decay=">= 0",
+            grad_clip="> 0",
+            seed=">= 0",
+            log_every=">= 1",
+        )
         if not self.asset_id:
             raise ValueError("sft.asset_id must name the norm stats' asset directory")
 

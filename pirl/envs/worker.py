@@ -10,6 +10,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import traceback
 from multiprocessing import shared_memory
 from typing import TYPE_CHECKING
@@ -45,25 +46,30 @@ def encode_step_reply(
     flags: UInt8[np.ndarray, "M T"],
     env_flags: UInt8[np.ndarray, " M"],
     instructions: dict[int, str],
+    seconds: float = 0.0,
 ) -> bytes:
-    """Packs a chunk's per-step rewards and flags, and the per-env flags; the instructions of envs
-    reset at the chunk end (rare) follow as a pickle."""
+    """Packs the worker's time on the chunk (float32 seconds: what the pool's hang timeout is
+    measured from), a chunk's per-step rewards and flags, and the per-env flags; the instructions
+    of envs reset at the chunk end (rare) follow as a pickle."""
     tail = pickle.dumps(instructions) if instructions else b""
-    return b"".join((STEP_TAG, rewards.astype(np.float32).tobytes(), flags.tobytes(), env_flags.tobytes(), tail))
+    head = np.float32(seconds).tobytes()
+    return b"".join((STEP_TAG, head, rewards.astype(np.float32).tobytes(), flags.tobytes(), env_flags.tobytes(), tail))
 
 
 def decode_step_reply(
     buf: bytes, m: int, t_len: int
-) -> tuple[Float32[np.ndarray, "M T"], UInt8[np.ndarray, "M T"], UInt8[np.ndarray, " M"], dict[int, str]]:
-    """Inverse of ``encode_step_reply`` for M envs and a chunk of T steps (read-only views)."""
-    k = len(STEP_TAG)
+) -> tuple[Float32[np.ndarray, "M T"], UInt8[np.ndarray, "M T"], UInt8[np.ndarray, " M"], dict[int, str], float]:
+    """Inverse of ``encode_step_reply`` for M envs and a chunk of T steps (read-only views):
+    (rewards, flags, env_flags, instructions, seconds)."""
+    k = len(STEP_TAG) + 4
     r_end = k + 4 * m * t_len
     f_end = r_end + m * t_len
+    seconds = float(np.frombuffer(buf, np.float32, 1, len(STEP_TAG))[0])
     rewards = np.frombuffer(buf, np.float32, m * t_len, k).reshape(m, t_len)
     flags = np.frombuffer(buf, np.uint8, m * t_len, r_end).reshape(m, t_len)
     env_flags = np.frombuffer(buf, np.uint8, m, f_end)
     tail = buf[f_end + m :]
-    return rewards, flags, env_flags, pickle.loads(tail) if tail else {}
+    return rewards, flags, env_flags, pickle.loads(tail) if tail else {}, seconds
 
 
 class Worker:
@@ -112,6 +118,7 @@ class Worker:
 
     def step(self, actions: Float32[np.ndarray, "M T A"]) -> bytes:
         """Runs a chunk and returns the encoded reply (see ``encode_step_reply``)."""
+        t0 = time.perf_counter()
         m, t_len = actions.shape[0], actions.shape[1]
         rewards = np.zeros((m, t_len), np.float32)
         flags = np.zeros((m, t_len), np.uint8)
@@ -149,7 +156,7 @@ class Worker:
                 self.write(i, self.last[i], prefix="final/")
             instructions = self.reset(ended, self.next_init_ids(ended))
             env_flags[ended] |= RESET_NOW
-        return encode_step_reply(rewards, flags, env_flags, instructions)
+        return encode_step_reply(rewards, flags, env_flags, instructions, time.perf_counter() - t0)
 
     def serve(self):
         m, action_dim = self.cfg.envs_per_worker, self.spec.action_dim
@@ -166,7 +173,9 @@ class Worker:
             if kind == "attach":
                 self.attach(msg[1])
             elif kind == "reset":
-                self.conn.send(("reset", self.reset(list(range(len(msg[1]))), msg[1])))
+                t0 = time.perf_counter()
+                instructions = self.reset(list(range(len(msg[1]))), msg[1])
+                self.conn.send(("reset", instructions, time.perf_counter() - t0))
             elif kind == "close":
                 return
             else:

@@ -46,7 +46,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int
 
-from pirl import sharding
+from pirl import ranges, sharding
 from pirl.rl import flow, losses
 
 TRAINABLE_SETS = ("full", "expert_only", "lora")
@@ -78,6 +78,25 @@ class UpdateConfig:
     def __post_init__(self):
         if self.algorithm not in ("ppo", "grpo"):
             raise ValueError(f"algorithm must be 'ppo' or 'grpo', got {self.algorithm!r}")
+        ranges.check(
+            "rl",
+            self,
+            lr=">= 0",
+            value_lr=">= 0",
+            b1="[0, 1)",
+            b2="[0, 1)",
+            eps="> 0",
+            weight_decay=">= 0",
+            grad_clip="> 0",
+            update_epochs=">= 1",
+            minibatch_size=">= 1",
+            micro_batch_size=">= 1",
+            clip_eps="> 0",
+            value_clip=">= 0",
+            huber_delta="> 0",
+            value_coef=">= 0",
+            entropy_bonus=">= 0",
+        )
         if self.trainable not in TRAINABLE_SETS:
             raise ValueError(f"trainable must be one of {TRAINABLE_SETS}, got {self.trainable!r}")
         if self.minibatch_size % self.micro_batch_size:
@@ -228,6 +247,10 @@ def _loss(
     return total, metrics
 
 
+def _all_finite(tree) -> Array:
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 def _where_tree(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
@@ -326,7 +349,9 @@ def update(
         grad_norm = optax.tree.norm(grads)
         updates, new_opt = tx.update(grads, opt_state, tr)
         new_tr = optax.apply_updates(tr, updates)
-        ok = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
+        # The new params too: a finite gradient can still step to inf/NaN (an lr or update that
+        # overflows), and those params would be saved and sampled from.
+        ok = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"]) & _all_finite(new_tr)
         metrics |= {"grad_norm": grad_norm, "skipped": (~ok).astype(jnp.float32)}
         carry = (_where_tree(ok, new_tr, tr), _where_tree(ok, new_opt, opt_state), skipped + (~ok))
         return carry, metrics
