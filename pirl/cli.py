@@ -13,10 +13,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_dict, config_flags
 
 from pirl import errors, experiment, sharding
+from pirl.envs import pool
 from pirl.rl import flow
 from pirl.rl import update as upd
 
@@ -83,9 +84,7 @@ def recipe_sections(config: config_dict.ConfigDict) -> dict[str, type]:
     ``to_experiment``'s ``extra``; every command accepts such a recipe."""
     if "sft" not in config:
         return {}
-    from pirl import sft
-
-    return {"sft": sft.SFTSection}
+    return {"sft": experiment.SFTSection}
 
 
 def define_config_flag(default: str | None = None) -> flags.FlagHolder:
@@ -109,13 +108,14 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 # What a command reports as one ``error:`` line (the traceback only with --verbosity=1 or more):
 # configs and inputs that do not fit (ValueError, which ConfigError and CheckpointError are), files
-# and directories (OSError), and pirl's own UserError. Anything else is a bug and keeps its traceback.
-USER_ERRORS = (errors.UserError, ValueError, OSError)
+# and directories (OSError), simulators that fail, and pirl's own UserError. Anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (errors.UserError, pool.WorkerError, ValueError, OSError)
 
 
 def one_line(e: BaseException) -> str:
     """An exception's message on one line (its ``summary`` if it has one)."""
-    if isinstance(e, errors.UserError):
+    if isinstance(e, errors.UserError | pool.WorkerError):
         return e.summary
     if isinstance(e, OSError) and e.strerror and e.filename:
         return f"{e.filename}: {e.strerror}"
@@ -154,6 +154,4 @@ def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    from absl import app
-
     app.run(guarded(main), flags_parser=parse_flags)

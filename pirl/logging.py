@@ -19,6 +19,7 @@ import logging
 import os
 import pathlib
 import time
+import uuid
 from collections.abc import Mapping
 
 import numpy as np
@@ -86,6 +87,7 @@ class _EventFile:
     RecordWriter) after each step's scalars."""
 
     def __init__(self, logdir: pathlib.Path, purge_step: int | None):
+        # Late: an optional sink, imported only when enabled.
         from tensorboardX.event_file_writer import EventsWriter
         from tensorboardX.proto.event_pb2 import Event, SessionLog
 
@@ -101,7 +103,7 @@ class _EventFile:
         self._writer.flush()
 
     def write(self, step: int, scalars: Mapping[str, float]) -> None:
-        from tensorboardX import summary
+        from tensorboardX import summary  # late: see __init__
 
         now = time.time()
         for k, v in scalars.items():
@@ -173,6 +175,7 @@ class MetricWriter:
 
     def write_video(self, step: int, tag: str, paths: list[str]) -> None:
         if self.enabled and self._wandb is not None:
+            # Late: optional sink (see __init__).
             import wandb
 
             for p in paths[:4]:
@@ -200,8 +203,6 @@ def _run_id(workdir: pathlib.Path) -> str:
     """A wandb run id stored in the workdir, so a resumed run continues the same wandb run."""
     path = workdir / "wandb_run_id"
     if not path.exists():
-        import uuid
-
         path.write_text(uuid.uuid4().hex[:12])
     return path.read_text().strip()
 
@@ -222,6 +223,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 
 def plot_learning_curve(workdir: str | os.PathLike, keys: tuple[str, ...], out: str = "learning_curve.png") -> str:
     """PNG of the given metrics against iteration (one panel each); returns its path."""
+    # Late: matplotlib is slow to import and needed only for this PNG.
     import matplotlib
 
     matplotlib.use("Agg")

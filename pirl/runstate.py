@@ -22,7 +22,8 @@ import uuid
 import jax
 import orbax.checkpoint as ocp
 
-from pirl import checkpoint_checks, errors
+from pirl import errors
+from pirl.checkpoints import validation
 
 
 class Checkpointer:
@@ -91,8 +92,8 @@ class Checkpointer:
             raise FileNotFoundError(f"no checkpoint in {self.directory}")
         where = self.directory / str(step)
         hint = f"delete {where} to resume from the checkpoint before it"
-        with checkpoint_checks.reading(where, "run checkpoint", hint):
-            checkpoint_checks.check_orbax_dir(where / "state", "run checkpoint")
+        with validation.reading(where, "run checkpoint", hint):
+            validation.check_orbax_dir(where / "state", "run checkpoint")
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
             out = self._mngr.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())

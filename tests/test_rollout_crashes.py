@@ -12,7 +12,7 @@ import pytest
 
 from configs import metaworld_ppo
 from pirl import batch as batch_lib
-from pirl import cli, experiment, rollout, sharding, train
+from pirl import cli, experiment, rollout, runsetup, sharding, train
 from pirl.envs import pool as pool_lib
 
 CHUNKS = 4  # 20 steps / 5-step chunks
@@ -32,13 +32,13 @@ def _experiment(stages: int = 1, algorithm: str = "ppo"):
 
 @pytest.fixture(scope="module")
 def setup():
-    return train.build(_experiment())
+    return runsetup.build(_experiment())
 
 
 @pytest.fixture(scope="module")
 def actor(setup):
     """One actor for every pool here (they all run the toy spec): its sampler compiles once."""
-    return train.make_actor(setup, experiment.sim_factory(_experiment().env).spec())
+    return runsetup.make_actor(setup, experiment.sim_factory(_experiment().env).spec())
 
 
 def _params(setup):

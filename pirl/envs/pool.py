@@ -56,7 +56,6 @@ from typing import Any
 import numpy as np
 from jaxtyping import Float32, Int64
 
-from pirl import errors
 from pirl.envs import base, worker
 
 logger = logging.getLogger(__name__)
@@ -65,8 +64,9 @@ logger = logging.getLogger(__name__)
 HANG_FACTOR = 10.0
 
 
-class WorkerError(errors.UserError, RuntimeError):
-    """A worker raised (its traceback follows the first line) or cannot be started."""
+class WorkerError(RuntimeError):
+    """A worker raised (its traceback follows the first line) or cannot be started; ``summary``
+    is the one line a command prints (pirl.cli)."""
 
     @property
     def summary(self) -> str:
@@ -83,53 +83,8 @@ class WorkerError(errors.UserError, RuntimeError):
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LP_NUM_THREADS")
 
 
-@dataclasses.dataclass(frozen=True)
-class PoolConfig:
-    """How the pool runs its workers.
-
-    Attributes:
-      num_workers: P processes.
-      envs_per_worker: M simulators per process.
-      auto_reset: reset envs whose episode ended at the end of the chunk (see base.py).
-      seed: auto-reset init ids of env i are drawn from ``base.env_rng(seed, env_offset + i)``.
-      env_offset: the index of this pool's first env among all hosts' envs, so that pools of a
-        multi-host job draw what one pool of all the envs would.
-      num_stages: split workers into this many stages for pipelined stepping.
-      gl: MUJOCO_GL for the workers ("egl" or "osmesa"); None leaves the environment alone.
-      timeout_s: a worker silent for this long during a command is killed and treated as crashed;
-        0 (default) derives the limit from measured times (module docstring).
-      min_timeout_s: the least derived limit (scheduling noise on a busy host is not a hang).
-      startup_timeout_s: the limit while a worker starts, and for a command not yet timed.
-      restart_attempts: replacements started in a row for a worker that keeps dying at start.
-      threads_per_worker: size of each worker's BLAS/OpenMP/CPU-renderer thread pools. 1 suits one
-        worker per core (parallelism from processes, no oversubscription); raise it when there are
-        fewer workers than cores.
-    """
-
-    num_workers: int
-    envs_per_worker: int
-    auto_reset: bool = False
-    seed: int = 0
-    num_stages: int = 1
-    gl: str | None = None
-    timeout_s: float = 0.0
-    threads_per_worker: int = 1
-    env_offset: int = 0
-    min_timeout_s: float = 10.0
-    startup_timeout_s: float = 600.0
-    restart_attempts: int = 3
-
-    def __post_init__(self):
-        if self.num_workers < 1 or self.envs_per_worker < 1:
-            raise ValueError(f"need num_workers, envs_per_worker >= 1, got {self}")
-        if not 1 <= self.num_stages <= self.num_workers:
-            raise ValueError(f"num_stages={self.num_stages} must be in [1, num_workers={self.num_workers}]")
-        if self.gl not in (None, "egl", "osmesa"):
-            raise ValueError(f"gl must be 'egl', 'osmesa' or None, got {self.gl!r}")
-        if not (self.timeout_s >= 0 and self.min_timeout_s > 0 and self.startup_timeout_s > 0):
-            raise ValueError(f"timeouts must be positive (timeout_s 0: derived), got {self}")
-        if self.restart_attempts < 1:
-            raise ValueError(f"restart_attempts must be >= 1, got {self.restart_attempts}")
+# The config lives with the worker that reads it: pool imports worker, never the reverse.
+PoolConfig = worker.PoolConfig
 
 
 class EnvPool:

@@ -1,4 +1,5 @@
-"""Checks around checkpoint reads, so that a checkpoint that is not there, not complete or not
+"""The checkpoint error type, the check of a loaded parameter tree against the model's, and the
+checks around checkpoint reads, so that a checkpoint that is not there, not complete or not
 readable fails with one line naming its path and what is wrong, whatever format loads it.
 
 orbax alone reports these cases as ``TypeError: argument of type 'NoneType' is not iterable`` (a
@@ -16,8 +17,32 @@ import os
 import pathlib
 from collections.abc import Iterator, Mapping
 
+import numpy as np
+from flax import traverse_util
+
 from pirl.data import norm_stats as ns
-from pirl.torch_convert import CheckpointError
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or tree does not match what the model expects."""
+
+
+def validate_params(params: dict, expected: dict, *, check_dtype: bool = True) -> None:
+    """Raises CheckpointError naming the first path (sorted) that is missing, unexpected, or
+    differs in shape (or dtype) from `expected` (a params or `param_shapes` tree)."""
+    want = traverse_util.flatten_dict(expected, sep="/")
+    got = traverse_util.flatten_dict(params, sep="/")
+    for key in sorted(want.keys() | got.keys()):
+        if key not in got:
+            raise CheckpointError(f"parameter {key}: missing (expected shape {tuple(want[key].shape)})")
+        if key not in want:
+            raise CheckpointError(f"parameter {key}: unexpected (found shape {np.shape(got[key])})")
+        w_shape, g_shape = tuple(want[key].shape), tuple(np.shape(got[key]))
+        if w_shape != g_shape:
+            raise CheckpointError(f"parameter {key}: expected shape {w_shape}, found {g_shape}")
+        if check_dtype and np.dtype(want[key].dtype) != np.dtype(got[key].dtype):
+            raise CheckpointError(f"parameter {key}: expected dtype {want[key].dtype}, found {got[key].dtype}")
+
 
 # Entries every policy's transforms read (state normalization in, action unnormalization out).
 NORM_STATS_KEYS = ("state", "actions")
