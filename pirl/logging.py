@@ -60,8 +60,13 @@ def _parse_lines(text: str, source: str) -> list[dict]:
 def repair(path: pathlib.Path, purge_step: int | None = None) -> None:
     """Drops a last line cut short (no newline at the end) and, with ``purge_step``, every row of
     a step >= purge_step; the file is replaced atomically (written beside it, then renamed)."""
-    if not path.exists():
+    if not path.is_file() or not path.stat().st_size:  # absent, empty, or not a file (e.g. a device)
         return
+    if purge_step is None:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) == b"\n":
+                return  # whole: nothing to read
     data = path.read_bytes()
     keep = data if data.endswith(b"\n") or not data else data[: data.rfind(b"\n") + 1]
     if purge_step is not None:
@@ -213,7 +218,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     finished by a resumed run joins the training metrics its step logged before the interrupt.
     Lines that are not whole JSON records (cut short by a full disk or a kill) are skipped."""
     path = pathlib.Path(workdir) / METRICS_FILE
-    if not path.exists():
+    if not path.is_file():
         return []
     rows: dict[int, dict] = {}
     for row in _parse_lines(path.read_text(errors="replace"), str(path)):

@@ -100,7 +100,9 @@ def reading(path: str | os.PathLike, what: str = "checkpoint", hint: str = "") -
     naming the checkpoint; ``hint`` says what to do about it."""
     try:
         yield
-    except CheckpointError:
+    except CheckpointError as e:
+        if hint:
+            raise CheckpointError(f"{e}; {hint}") from e
         raise
     except (ValueError, TypeError, KeyError, OSError) as e:
         tail = f"; {hint}" if hint else ""
