@@ -122,7 +122,7 @@ def one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-def exit_now(code: int, grace_s: float = 5.0) -> None:
+def exit_now(code: int, grace_s: float = 3.0) -> None:
     """Exits with ``code``. Library threads that can never finish (orbax's, after a save that
     failed half-way, wait for a signal that will not come) would hold a normal exit forever: after
     ``grace_s`` for them to end, the process leaves without them."""
@@ -139,11 +139,13 @@ def exit_now(code: int, grace_s: float = 5.0) -> None:
 
 def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     """``main`` whose user errors print ``error: <message>`` on one line and exit 2 (config) or
-    1 (anything else); ``--verbosity=1`` shows the traceback instead."""
+    1 (anything else); ``--verbosity=1`` shows the traceback instead. An interrupt exits 130."""
 
     def wrapped(argv: list[str]) -> None:
         try:
             main(argv)
+        except KeyboardInterrupt as e:  # Ctrl-C: no traceback; the shell's 128 + signal number
+            exit_now(128 + getattr(e, "signum", 2))
         except USER_ERRORS as e:
             if flags.FLAGS.verbosity >= 1:
                 raise

@@ -332,6 +332,10 @@ def test_hang_timeout_follows_the_measured_step_time():
         # Nothing timed yet: the start-up limit.
         assert p.timeout("reset") == p.timeout("step", 5) == 300.0
         p.reset(np.zeros((4, 2), np.int64))
+        # A worker's first command after it starts also pays one-time costs: it is not timed.
+        assert p.timeout("reset") == 300.0
+        p.reset(np.zeros((4, 2), np.int64))
+        assert p.timeout("reset") == 0.5  # toy resets take microseconds: the floor
         p.step_chunk(np.zeros((4, 5, 2), np.float32))
         # A worker steps its 2 envs one after the other: 5 steps x 2 envs x 20 ms = 0.2 s at
         # least, so the per-step time is >= 0.04 s and 10 x it x 5 steps >= 2 s (the seconds travel

@@ -29,8 +29,9 @@ warning line (logger ``pirl.envs.pool``); ``restarts`` counts the replacements p
 Hangs: a worker that sends nothing for a while during a command is killed and handled as a
 crash. The limit is ``timeout_s`` if set; else it follows what the workers report they spend:
 ``HANG_FACTOR`` × the slowest chunk of that length (per step) or reset seen so far, at least
-``min_timeout_s``; ``startup_timeout_s`` until a first reply of that kind has been timed and while
-a worker starts.
+``min_timeout_s``; ``startup_timeout_s`` until a reply of that kind has been timed, while a worker
+starts, and for a worker's first command after it started (which also pays one-time costs such as
+render contexts, and is not timed).
 
 Two-stage stepping: with ``num_stages=2`` the workers are split in two halves; the caller sends
 actions for stage 0, computes actions for stage 1 while stage 0 steps, and so on
@@ -110,6 +111,9 @@ class EnvPool:
         self._sent_at = np.zeros(cfg.num_workers)  # time.monotonic() of each worker's last command
         # Slowest worker-reported seconds per chunk step and per reset (0: not timed yet).
         self._step_s = self._reset_s = 0.0
+        # A worker's first command after it starts also pays one-time costs (render contexts,
+        # lazy imports): it gets the start-up limit and is not timed.
+        self._fresh = np.ones(cfg.num_workers, bool)
         self.instructions = [""] * self.num_envs
         self.tracker = base.EpisodeTracker(self.num_envs)
         self._done = np.ones(self.num_envs, bool)
@@ -170,6 +174,7 @@ class EnvPool:
         child.close()
         self._procs[w], self._conns[w] = proc, parent
         self._sent_at[w] = time.monotonic()
+        self._fresh[w] = True
 
     def timeout(self, kind: str, t_len: int = 0) -> float:
         """Seconds a worker may stay silent on a ``kind`` command ("step" of ``t_len`` steps,
@@ -237,6 +242,7 @@ class EnvPool:
         limit_s: float,
         on_reply: Callable[[int, tuple], None] | None = None,
         quiet: bool = False,
+        t_len: int = 0,
     ) -> dict[int, tuple | None]:
         """Waits for one reply of the given kind from each worker, all at once, so that a death is
         seen as soon as the OS reports it, whatever the others are doing. A worker silent for
@@ -252,7 +258,8 @@ class EnvPool:
             for fd in (self._conns[w].fileno(), self._procs[w].sentinel):
                 poller.register(fd, select.POLLIN)
                 owner[fd] = w
-        deadline = {w: self._sent_at[w] + limit_s for w in workers}
+        limit = {w: self.cfg.startup_timeout_s if self._fresh[w] and kind != "ready" else limit_s for w in workers}
+        deadline = {w: self._sent_at[w] + limit[w] for w in workers}
         hung: set[int] = set()
 
         def lost(w: int, why: str) -> None:
@@ -263,15 +270,15 @@ class EnvPool:
             self._procs[w].join(5)
             if not quiet:
                 m = self.cfg.envs_per_worker
-                then = f"its {m} env(s)' episodes are dropped" if kind == "step" else "its envs will be reset again"
+                then = f"the episodes of its {m} env(s) are dropped" if kind == "step" else "it resets its envs again"
                 logger.warning(
-                    "env worker %d (pid %s) %s during a %s; %s on a replacement (restart %d of this worker)",
+                    "env worker %d (pid %s) %s during a %s; a replacement starts (restart %d of this worker) and %s",
                     w,
                     self._procs[w].pid,
                     why,
                     kind,
-                    then,
                     self.restarts[w] + 1,
+                    then,
                 )
             out[w] = None
 
@@ -283,7 +290,7 @@ class EnvPool:
                     if now < deadline[w]:
                         continue
                     if w in hung:  # killed, yet still not reaped: give up on it
-                        lost(w, f"sent nothing for {limit_s:.1f} s and would not die")
+                        lost(w, f"sent nothing for {limit[w]:.1f} s and would not die")
                         continue
                     # A hung simulator is handled like a dead one.
                     hung.add(w)
@@ -302,7 +309,7 @@ class EnvPool:
                     continue  # spurious wake-up
                 if msg is None:
                     if w in hung:
-                        lost(w, f"sent nothing for {limit_s:.1f} s (the limit; env.timeout_s sets it) and was killed")
+                        lost(w, f"sent nothing for {limit[w]:.1f} s (the limit; env.timeout_s sets it) and was killed")
                     else:
                         lost(w, f"died ({_exit_text(proc)})")
                     continue
@@ -315,8 +322,12 @@ class EnvPool:
                 if msg[0] != kind:
                     raise RuntimeError(f"env worker {w} replied {msg[0]!r}, expected {kind!r}")
                 out[w] = msg
-                if kind == "reset":
-                    self._reset_s = max(self._reset_s, float(msg[2]))
+                if kind != "ready":
+                    first, self._fresh[w] = self._fresh[w], False
+                    if kind == "reset" and not first:
+                        self._reset_s = max(self._reset_s, float(msg[2]))
+                    elif kind == "step" and not first:
+                        self._step_s = max(self._step_s, worker.step_reply_seconds(msg[1]) / max(t_len, 1))
                 if on_reply is not None:
                     on_reply(w, msg)
         return out
@@ -420,15 +431,14 @@ class EnvPool:
                 # With auto-reset the replacement worker has already started fresh episodes.
                 env_flags[local] = worker.DONE | (worker.RESET_NOW if auto else 0)
             else:
-                rewards[local], flags[local], env_flags[local], instructions, seconds = worker.decode_step_reply(
+                rewards[local], flags[local], env_flags[local], instructions, _ = worker.decode_step_reply(
                     reply[1], m, t_len
                 )
-                self._step_s = max(self._step_s, seconds / max(t_len, 1))
                 self._set_instructions(w, instructions)
             self._copy_rows(obs, own, local)
             self._copy_rows(final, own, local)
 
-        replies = self._gather(workers, "step", self.timeout("step", t_len), on_reply=unpack)
+        replies = self._gather(workers, "step", self.timeout("step", t_len), on_reply=unpack, t_len=t_len)
         for w in workers:
             self._pending[w] = None
             if replies[w] is None:

@@ -53,6 +53,11 @@ def encode_step_reply(
     return b"".join((STEP_TAG, head, rewards.astype(np.float32).tobytes(), flags.tobytes(), env_flags.tobytes(), tail))
 
 
+def step_reply_seconds(buf: bytes) -> float:
+    """The worker's seconds on the chunk, from an encoded step reply."""
+    return float(np.frombuffer(buf, np.float32, 1, len(STEP_TAG))[0])
+
+
 def decode_step_reply(
     buf: bytes, m: int, t_len: int
 ) -> tuple[Float32[np.ndarray, "M T"], UInt8[np.ndarray, "M T"], UInt8[np.ndarray, " M"], dict[int, str], float]:
@@ -61,7 +66,7 @@ def decode_step_reply(
     k = len(STEP_TAG) + 4
     r_end = k + 4 * m * t_len
     f_end = r_end + m * t_len
-    seconds = float(np.frombuffer(buf, np.float32, 1, len(STEP_TAG))[0])
+    seconds = step_reply_seconds(buf)
     rewards = np.frombuffer(buf, np.float32, m * t_len, k).reshape(m, t_len)
     flags = np.frombuffer(buf, np.uint8, m * t_len, r_end).reshape(m, t_len)
     env_flags = np.frombuffer(buf, np.uint8, m, f_end)
