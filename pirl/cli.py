@@ -7,6 +7,7 @@ that touches ml_collections ConfigDicts; everything past it gets frozen dataclas
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import threading
@@ -137,11 +138,22 @@ def exit_now(code: int, grace_s: float = 3.0) -> None:
     sys.exit(code)
 
 
+def _one_line_orbax_errors(record: logging.LogRecord) -> bool:
+    """orbax logs each failure of a background save with its traceback before raising it to the
+    caller, which reports it as one ``error:`` line: its own records keep their first line only."""
+    if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+        record.msg, record.args = record.getMessage().split("\n")[0], None
+        record.exc_info = record.exc_text = record.stack_info = None
+    return True
+
+
 def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     """``main`` whose user errors print ``error: <message>`` on one line and exit 2 (config) or
     1 (anything else); ``--verbosity=1`` shows the traceback instead. An interrupt exits 130."""
 
     def wrapped(argv: list[str]) -> None:
+        if flags.FLAGS.verbosity < 1:
+            logging.getLogger("absl").addFilter(_one_line_orbax_errors)
         try:
             main(argv)
         except KeyboardInterrupt as e:  # Ctrl-C: no traceback; the shell's 128 + signal number

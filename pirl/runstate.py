@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import uuid
 
 import jax
@@ -51,7 +52,7 @@ class Checkpointer:
         return sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and (p / "state").is_dir())
 
     def _write_error(self, step: int, cause: BaseException) -> errors.WriteError:
-        text = " ".join(str(cause).split()) or type(cause).__name__
+        text = _reason(cause)
         return errors.WriteError(
             f"cannot write checkpoint {self.directory / str(step)} ({text}); the last good checkpoint is "
             f"{self.describe_latest()}"
@@ -115,3 +116,15 @@ class Checkpointer:
         would wait on the failed save's threads again)."""
         self.wait()
         self._mngr.close()
+
+
+def _reason(e: BaseException) -> str:
+    """The cause of a failed write in a few words: the OS error when there is one (tensorstore
+    reports it inside a long message as os_error_code), else the message cut short."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = " ".join(str(e).split()) or type(e).__name__
+    code = re.search(r"os_error_code='?(\d+)", text)
+    if code:
+        return os.strerror(int(code.group(1)))
+    return text if len(text) <= 200 else text[:197] + "..."
