@@ -33,7 +33,9 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True
         )
-        self._mngr = ocp.CheckpointManager(self.directory, options=options)
+        # Handlers named up front, so a step's stored tree can be read before restoring it.
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self._mngr = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
         self._failed: errors.WriteError | None = None
         self._pending = -1  # the step of the last save started
 
@@ -95,6 +97,10 @@ class Checkpointer:
         hint = f"delete {where} to resume from the checkpoint before it"
         with validation.reading(where, "run checkpoint", hint):
             validation.check_orbax_dir(where / "state", "run checkpoint")
+            stored = self._mngr.item_metadata(step)["state"]
+            if stored is None:
+                raise validation.CheckpointError(f"run checkpoint {where} is incomplete or corrupt: no tree metadata")
+            _check_fits(where, stored.tree, like)
             abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
             out = self._mngr.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
@@ -116,6 +122,28 @@ class Checkpointer:
         would wait on the failed save's threads again)."""
         self.wait()
         self._mngr.close()
+
+
+def _check_fits(where: pathlib.Path, stored, like) -> None:
+    """CheckpointError if the stored tree's paths or shapes are not those of ``like``: a workdir
+    of another config (not a damaged checkpoint, which deleting would wrongly fix)."""
+    have = {k: tuple(getattr(v, "shape", ())) for k, v in ocp.tree.to_flat_dict(stored).items()}
+    want = {
+        k: tuple(v.shape)
+        for k, v in ocp.tree.to_flat_dict(ocp.tree.serialize_tree(like, keep_empty_nodes=True)).items()
+    }
+    diffs = [
+        f"{'/'.join(k)} is {'missing' if k not in have else f'stored as {have[k]}'}"
+        + (f", the config needs {want[k]}" if k in want else ", which the config does not have")
+        for k in sorted(have.keys() | want.keys())
+        if have.get(k) != want.get(k)
+    ]
+    if diffs:
+        more = f" (and {len(diffs) - 1} more)" if len(diffs) > 1 else ""
+        raise validation.CheckpointError(
+            f"run checkpoint {where} was written by another config: {diffs[0]}{more}; run this config in "
+            "another --workdir, or the config that wrote it here"
+        )
 
 
 def _reason(e: BaseException) -> str:

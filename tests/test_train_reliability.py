@@ -248,6 +248,22 @@ def test_a_corrupt_run_checkpoint_names_itself_and_the_way_out(tmp_path):
     ckpt.close()
 
 
+def test_a_run_checkpoint_of_another_config_is_not_called_corrupt(tmp_path):
+    ckpt = runstate.Checkpointer(tmp_path)
+    ckpt.save(1, {"w": jnp.arange(8.0), "b": jnp.zeros(2)}, {"iteration": 1})
+    ckpt.close()
+    ckpt = runstate.Checkpointer(tmp_path)
+    with pytest.raises(ValueError) as e:
+        ckpt.restore({"w": jnp.zeros(9), "b": jnp.zeros(2)})
+    assert str(e.value) == (
+        f"run checkpoint {tmp_path / '1'} was written by another config: w is stored as (8,), the config needs "
+        "(9,); run this config in another --workdir, or the config that wrote it here"
+    )
+    state, meta = ckpt.restore({"w": jnp.zeros(8), "b": jnp.ones(2)})  # the config that wrote it
+    assert meta == {"iteration": 1} and state["w"].tolist() == list(range(8))
+    ckpt.close()
+
+
 def test_sigterm_takes_the_interrupt_path_and_means_exit_143():
     previous = signal.getsignal(signal.SIGTERM)
     try:

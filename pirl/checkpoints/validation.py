@@ -101,7 +101,7 @@ def reading(path: str | os.PathLike, what: str = "checkpoint", hint: str = "") -
     try:
         yield
     except CheckpointError as e:
-        if hint:
+        if hint and "incomplete" in str(e):  # the hint is for damage, not for a mismatch
             raise CheckpointError(f"{e}; {hint}") from e
         raise
     except (ValueError, TypeError, KeyError, OSError) as e:
