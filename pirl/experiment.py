@@ -108,6 +108,8 @@ class EnvSection:
     tasks: restrict training to these task ids (empty: all).
     reward_mode: "" the success reward of the sim; "dense" the task's shaped reward (MetaWorld,
       ManiSkill; ManiSkill also "normalized_dense").
+    timeout_s: a worker silent this long during a command is replaced (its episodes dropped); 0
+      derives the limit from the workers' measured step and reset times (pirl/envs/pool.py).
     control_mode, backend: ManiSkill only. control_mode "" is the task's registered controller;
       backend "gpu" simulates each worker's envs as one CUDA-batched env.
     """
@@ -128,7 +130,7 @@ class EnvSection:
     tasks: tuple[int, ...] = ()
     gl: str = ""  # MUJOCO_GL for workers: "egl", "osmesa" or "" (leave as is)
     seed: int = 0
-    timeout_s: float = 0.0  # a worker silent this long is replaced; 0: from its measured step time (pool.py)
+    timeout_s: float = 0.0
     control_mode: str = ""
     reward_mode: str = ""
     backend: str = "cpu"

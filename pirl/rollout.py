@@ -27,6 +27,7 @@ from pirl import sharding
 from pirl.data import norm_stats as ns
 from pirl.data import transforms
 from pirl.envs import base
+from pirl.envs import pool as pool_lib
 from pirl.models import pi0
 from pirl.rl import flow
 
@@ -327,7 +328,7 @@ def run_episodes(
     A wave in which a worker crashed is run again whole (``on_redo()`` first, e.g. to drop its
     video frames), with the same init ids and sampling keys, so every episode is scored from a
     complete run and equals what an uninterrupted evaluation gives; after ``max_attempts`` runs
-    of one wave, RuntimeError."""
+    of one wave, WorkerError."""
     n = pool.num_envs
     out = {"success_once": [], "return": [], "length": []}
     for w, start in enumerate(range(0, len(init_ids), n)):
@@ -337,7 +338,9 @@ def run_episodes(
             if not _run_wave(pool, actor, params, rng, ids, num_chunks, on_frame, w):
                 break
             if attempt == max_attempts:
-                raise RuntimeError(f"evaluation wave {w}: an env worker crashed in each of {max_attempts} runs")
+                raise pool_lib.WorkerError(
+                    f"evaluation wave {w}: an env worker crashed in each of its {max_attempts} runs"
+                )
             if on_redo is not None:
                 on_redo()
         tracker = pool.tracker
