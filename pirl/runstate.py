@@ -77,6 +77,8 @@ class Checkpointer:
         if step in self._mngr.all_steps():
             return
         self.wait()
+        if step in self._mngr.all_steps():  # the save in flight was this step's
+            return
         if jax.process_index() == 0:
             self._probe(step)
         try:

@@ -308,8 +308,11 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
                 bar.update(1)
                 bar.set_postfix(success=f"{metrics.get('env/success_once', float('nan')):.2f}")
             if exp.train.save_every and it % exp.train.save_every == 0:
-                ckpt.save(it, state, meta())
-                saved_at = it
+                # The save and its record change together: an interrupt in between would save
+                # the same step again in the finally block.
+                with interrupts_deferred():
+                    ckpt.save(it, state, meta())
+                    saved_at = it
     except KeyboardInterrupt:
         if logged < it:  # interrupted after the update (in its eval, now owed): keep what it measured
             writer.write(it, metrics)

@@ -387,12 +387,17 @@ def test_kill_storm_resumes_bit_identical_with_at_most_one_iteration_redone_per_
             command(workdir), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
 
+    def complete(workdir) -> int:
+        """The newest complete checkpoint: where the next run resumes (0 without one)."""
+        steps = [int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit()]
+        return max(steps, default=0)
+
     rng = random.Random(0)
     # One kill while the process starts (imports, compiles, restore), then kills at random moments
-    # after it has logged a new iteration (rollouts, updates, saves), then a SIGTERM.
+    # after it has logged a new iteration (rollouts, updates, saves), then a SIGTERM. Redone by the
+    # next run: the last iteration logged minus the checkpoint it resumes from.
     plan = [("start", signal.SIGKILL), ("run", signal.SIGKILL), ("run", signal.SIGKILL), ("run", signal.SIGTERM)]
     redone = []
-    last_logged = None
     for when, sig in plan:
         proc = start(storm)
         before = _logged(storm)
@@ -402,18 +407,14 @@ def test_kill_storm_resumes_bit_identical_with_at_most_one_iteration_redone_per_
             time.sleep(rng.uniform(0.0, 1.5))
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=300)
-        found = re.search(r"resumed from .* at iteration (\d+)", out)
-        resumed_at = int(found.group(1)) if found else 0
-        if last_logged is not None:
-            redone.append(max(last_logged, 0) - resumed_at)
-        last_logged = _logged(storm)
+        redone.append(max(_logged(storm), 0) - complete(storm))
         if sig == signal.SIGTERM and proc.returncode != 0:
             assert proc.returncode == 143, out[-3000:]
             assert "interrupted: saving iteration" in out
+    resume_at = complete(storm)
     final = subprocess.run(command(storm), cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stderr[-3000:]
-    found = re.search(r"resumed from .* at iteration (\d+)", final.stdout)
-    redone.append(last_logged - (int(found.group(1)) if found else 0))
+    assert f"at iteration {resume_at}" in final.stdout
     print(f"iterations redone after each kill: {redone}")
     assert all(n <= 1 for n in redone), redone
     assert redone[-1] == 0  # after SIGTERM the run resumes exactly where it stopped
