@@ -70,6 +70,10 @@ class PoolConfig:
       threads_per_worker: size of each worker's BLAS/OpenMP/CPU-renderer thread pools. 1 suits one
         worker per core (parallelism from processes, no oversubscription); raise it when there are
         fewer workers than cores.
+      finish_chunks: an env whose episode ends during a chunk still executes the chunk's remaining
+        actions (``valid`` True, their rewards, success and length counted for that episode), as the
+        reference's ``chunk_step`` does (RLinf rlinf/envs/maniskill/maniskill_env.py
+        ``ManiskillEnv.chunk_step``); the episode stays ended. False skips those steps.
     """
 
     num_workers: int
@@ -81,6 +85,7 @@ class PoolConfig:
     timeout_s: float = 600.0
     threads_per_worker: int = 1
     env_offset: int = 0
+    finish_chunks: bool = False
 
     def __post_init__(self):
         if self.num_workers < 1 or self.envs_per_worker < 1:

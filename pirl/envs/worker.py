@@ -120,8 +120,9 @@ class Worker:
         # Only each env's last state of the chunk is observed by the policy: a group that can defer
         # its rendering renders that one state instead of every step.
         deferred = getattr(self.group, "deferred", False)
+        started = [i for i in range(m) if not done[i]]  # envs whose episode runs into this chunk
         for t in range(t_len):
-            live = [i for i in range(m) if not done[i]]
+            live = started if self.cfg.finish_chunks else [i for i in range(m) if not done[i]]
             if not live:
                 break
             step_kw = {"observe": t == t_len - 1} if deferred else {}
@@ -132,7 +133,7 @@ class Worker:
                 rewards[i, t] = so.reward
                 flags[i, t] = VALID | TERMINATED * term | TRUNCATED * (trunc and not term) | SUCCESS * bool(so.success)
                 self.last[i] = so.obs
-                done[i] = term or trunc
+                done[i] = done[i] or term or trunc
         self.done[:] = done
         stepped = [int(i) for i in np.flatnonzero((flags & VALID).any(axis=1))]
         unseen = [i for i in stepped if self.spec.cameras and not self.last[i].images] if deferred else []
