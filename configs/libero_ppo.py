@@ -71,8 +71,8 @@ def libero_base(suite: str, pi05: bool) -> ml_collections.ConfigDict:
     # (pi05_libero) was trained with a 10-step horizon.
     c.model.action_horizon = 10 if pi05 else 50
 
-    # 64 envs, one per worker process: MuJoCo under EGL draws with one renderer per process.
-    # Two stages overlap inference for one half of the envs with stepping of the other.
+    # 64 envs, one per worker process. Two stages overlap inference for one half of the envs with
+    # stepping of the other.
     c.env.update(
         sim="libero",
         task=task,

@@ -41,8 +41,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # all of it executed.
     c.model.action_horizon = 5
 
-    # One env per worker process (MuJoCo under EGL); 480² renders as the reference, resized by
-    # the model. 50 goal variations per task feed training resets.
+    # One env per worker process; 480² renders of the reference's camera, with shadows, as the
+    # reference, resized by the model. 50 goal variations per task feed training resets. 16 no-op
+    # steps after a reset: the reference's 15 plus the one whose observation it reads
+    # (rlinf/envs/metaworld/metaworld_env.py MetaWorldEnv.reset).
     c.env.update(
         sim="metaworld",
         task=BENCHMARKS[benchmark],
@@ -52,7 +54,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_steps=100,
         num_trials=50,
         image_size=(480, 480),
-        warmup_steps=15,
+        warmup_steps=16,
     )
     c.policy.update(num_action_chunks=5, action_env_dim=4, num_steps=5, noise_method="sde", noise_level=0.5)
     c.policy.detach_critic_input = not pi05
