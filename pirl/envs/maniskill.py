@@ -101,6 +101,7 @@ _BRIDGE_FAMILY = ("PutOnPlateInScene",)
 
 def _check_task(task: str):
     """Raises a clear error when a task is unknown or its downloadable assets are missing."""
+    # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
     from mani_skill import ASSET_DIR
     from mani_skill.utils.assets.data import DATA_SOURCES
     from mani_skill.utils.registration import REGISTERED_ENVS
@@ -165,6 +166,7 @@ class ManiSkillConfig:
             raise ValueError(f"reward_mode must be sparse, dense, normalized_dense or grasp, got {self.reward_mode!r}")
 
     def make_env(self, task: int, num_envs: int = 1):
+        # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
         import gymnasium as gym
         import mani_skill.envs  # noqa: F401  (registers the tasks)
 
@@ -189,6 +191,7 @@ class ManiSkillConfig:
         return gym.make(name, **kw)
 
     def __call__(self, worker_index: int, num_envs: int) -> base.SimGroup:
+        # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
         import torch
 
         torch.set_num_threads(1)
@@ -219,6 +222,7 @@ class _Common:
             self.camera = self.cfg.camera or cams[0]
             if self.camera not in cams:
                 raise ValueError(f"camera {self.camera!r} not among the task's sensors {cams}")
+        # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
         from mani_skill.utils.registration import REGISTERED_ENVS
 
         # Each task's own time limit truncates it; the spec carries the longest.
@@ -306,6 +310,7 @@ class GPUGroup(_Common):
         self.grasp = [GraspReward() for _ in range(num_envs)]
 
     def reset(self, env_ids, init_ids):
+        # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
         import torch
 
         u = self.env.unwrapped
@@ -343,6 +348,7 @@ class GPUGroup(_Common):
         return [(base.Obs(self._images(obs, i), self._state(obs, i)), text) for i in env_ids]
 
     def step(self, env_ids, actions):
+        # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
         import torch
 
         u = self.env.unwrapped
