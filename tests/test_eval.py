@@ -115,3 +115,10 @@ def test_openpi_protocol_needs_libero():
     c.eval.protocol = "openpi_libero"
     with pytest.raises(cli.ConfigError, match="openpi_libero"):
         cli.to_experiment(c)
+
+
+def test_launch_check_sees_the_protocols_envs():
+    from pirl import launch
+
+    exp, _, _ = _protocol_eval("spatial")  # one env per task: 10, whatever eval.num_envs says
+    assert any("eval.num_envs=10 " in line for line in launch.problems(exp, 4, 1, with_eval=True))
