@@ -102,7 +102,7 @@ class EnvSection:
     tasks: restrict training to these task ids (empty: all).
     reward_mode: "" the success reward of the sim; "dense" the task's shaped reward (MetaWorld,
       ManiSkill; ManiSkill also "normalized_dense", and "grasp" the reference's grasp-and-place
-      reward, ``maniskill.grasp_reward_levels``).
+      reward, ``maniskill.GraspReward``).
     control_mode, backend, finish_chunks: ManiSkill only. control_mode "" is the task's registered
       controller; backend "gpu" simulates each worker's envs as one CUDA-batched env;
       finish_chunks keeps executing the rest of a chunk after an episode ends, counting those
