@@ -74,7 +74,7 @@ class PolicySample:
     actions: Float[Array, "B H A"]  # x_K, the model-space action chunk (unnormalize + slice outside)
     transitions: Transitions
     logp: Array  # [B] chunk_level, [B, C] action_level, [B, C, E] token_level
-    value: Float[Array, " B"]
+    value: Float[Array, " B"]  # expert critic: mean over the K steps; VLM critic: the prefix's
 
 
 # ---------------------------------------------------------------- step formulas
@@ -233,8 +233,10 @@ def sample(policy: FlowPolicyConfig, model_config, params, obs, rng: jax.Array, 
         trans = Transitions(chain=pick(chain, k_star), k=k_star)
         logp_elem = _select_step(step_logps, k_star)
     if policy.value_source == "expert":
-        values = step_values.T  # [B, K]
-        value = values.mean(axis=1) if policy.joint_logprob else _select_step(values, k_star)
+        # The rollout value is the critic averaged over all K steps' expert outputs, one-step SDE
+        # included (the reference's `_sample_actions_with_prefix_cache`); GAE, the returns and the
+        # value-clip anchor use it, while re-scoring (`_score`) regresses the scored step's value.
+        value = step_values.mean(axis=0)
     elif policy.value_source == "vlm":
         value = _prefix_value(policy, params, prefix)
     else:
@@ -247,7 +249,11 @@ def _select_step(x: Float[Array, "B K ..."], k: Int[Array, " B"]) -> Float[Array
 
 
 def _score(policy: FlowPolicyConfig, model_config, params, obs, prefix, trans: Transitions):
-    """(log-prob [reduced], per-sample entropy [B], value [B]) of stored transitions."""
+    """(log-prob [reduced], per-sample entropy [B], value [B]) of stored transitions.
+
+    The value is what the update regresses, as the reference's ``get_log_prob_value`` /
+    ``default_forward``: one-step SDE the critic at the scored step k*, joint the mean over the K
+    steps, VLM critic the prefix's."""
     batch = trans.chain.shape[0]
     yes = jnp.ones((batch,), bool)
     if policy.joint_logprob:
