@@ -46,6 +46,27 @@ def test_gae_hand_worked():
     np.testing.assert_allclose(ret[:, 1], [1.75, 1.0, 6.0], rtol=1e-6)
 
 
+def test_gae_matches_the_references_loop():
+    # RLinf algorithms/advantages.py compute_gae_advantages_and_returns, as a numpy loop: its dones
+    # have T + 1 slots, slot t + 1 holding the done of chunk t (slot 0: the previous rollout's);
+    #   delta = r[t] + γ·V[t+1]·(1 − d[t+1]) − V[t];  gae = delta + γλ·(1 − d[t+1])·gae;
+    #   returns[t] = gae + V[t];  advantages = returns − V[:-1].
+    rng = np.random.default_rng(0)
+    T, B, gamma, lam = 7, 5, 0.99, 0.95
+    r = rng.normal(size=(T, B))
+    v = rng.normal(size=(T + 1, B))
+    d = rng.random((T, B)) < 0.3
+    ref_dones = np.concatenate([np.zeros((1, B), bool), d])
+    ret, g = np.zeros((T, B)), np.zeros(B)
+    for t in reversed(range(T)):
+        nd = 1.0 - ref_dones[t + 1]
+        g = r[t] + gamma * v[t + 1] * nd - v[t] + gamma * lam * nd * g
+        ret[t] = g + v[t]
+    a, returns = adv.gae(jnp.asarray(r, jnp.float32), jnp.asarray(v, jnp.float32), jnp.asarray(d), gamma, lam)
+    np.testing.assert_allclose(returns, ret, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a, ret - v[:-1], rtol=1e-5, atol=1e-5)
+
+
 def test_gae_rejects_missing_bootstrap_value():
     with pytest.raises(ValueError, match="T \\+ 1"):
         adv.gae(jnp.zeros((3, 2)), jnp.zeros((3, 2)), jnp.zeros((3, 2), bool), 0.99, 0.95)
@@ -129,6 +150,22 @@ def test_episode_scores_count_valid_steps_only():
     r = jnp.array([[1.0, 0.0], [0.0, 0.0], [5.0, 1.0]])
     m = jnp.array([[True, True], [True, True], [False, True]])
     np.testing.assert_allclose(adv.episode_scores(r, m), [1.0, 1.0])
+
+
+def test_episode_scores_match_the_references_loop():
+    # RLinf algorithms/utils.py calculate_scores, as a numpy loop over chunk steps backwards with
+    # its T + 1 done slots: scores = scores·(1 − d[t+1]) + r[t], i.e. the rewards up to and
+    # including the chunk of the first done.
+    rng = np.random.default_rng(1)
+    T, B = 9, 6
+    r = rng.random((T, B))
+    d = rng.random((T, B)) < 0.25
+    ref_dones = np.concatenate([np.zeros((1, B), bool), d])
+    scores = np.zeros(B)
+    for t in reversed(range(T)):
+        scores = scores * ~ref_dones[t + 1] + r[t]
+    got = adv.episode_scores(jnp.asarray(r, jnp.float32), adv.valid_mask(jnp.asarray(d)))
+    np.testing.assert_allclose(got, scores, rtol=1e-5)
 
 
 def test_grpo_advantages_unbiased_std_and_filter():
