@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from collections.abc import Callable, Mapping
 
-from absl import flags
+from absl import app, flags
 from ml_collections import config_dict, config_flags
 
 from pirl import experiment, sharding
@@ -78,9 +78,7 @@ def recipe_sections(config: config_dict.ConfigDict) -> dict[str, type]:
     ``to_experiment``'s ``extra``; every command accepts such a recipe."""
     if "sft" not in config:
         return {}
-    from pirl import sft
-
-    return {"sft": sft.SFTSection}
+    return {"sft": experiment.SFTSection}
 
 
 def define_config_flag(default: str | None = None) -> flags.FlagHolder:
@@ -103,6 +101,4 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    from absl import app
-
     app.run(main, flags_parser=parse_flags)

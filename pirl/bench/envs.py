@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from pirl.envs import pool
+from pirl.envs import libero, maniskill, metaworld, pool, toy
 
 LIBERO_ASSETS_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "libero-assets")
 
@@ -34,17 +34,11 @@ def make_factory(sim: str, render: bool, size: int, backend: str = "cpu"):
     """(factory, action_dim, gl) for one simulator, restricted to a single task; ``backend`` "gpu"
     runs ManiSkill's CUDA-batched simulation (one env per worker holding all its envs)."""
     if sim == "toy":  # no simulator: measures the pool's own overhead
-        from pirl.envs import toy
-
         return toy.ToyConfig(max_steps=10**9, image_size=size, cameras=("main",) if render else ()), 2, None
     if sim == "metaworld":
-        from pirl.envs import metaworld
-
         cfg = metaworld.MetaWorldConfig(benchmark="reach-v3", image_size=(size, size), render=render)
         return cfg, 4, "egl"
     if sim == "libero":
-        from pirl.envs import libero
-
         assets = os.environ.get(libero.ASSETS_ENV, LIBERO_ASSETS_DEFAULT)
         cfg = libero.LiberoConfig(
             suite="libero_spatial",
@@ -56,8 +50,6 @@ def make_factory(sim: str, render: bool, size: int, backend: str = "cpu"):
         )
         return cfg, 7, "egl"
     if sim == "maniskill":
-        from pirl.envs import maniskill
-
         cfg = maniskill.ManiSkillConfig(
             tasks=("PickCube-v1",), image_size=(size, size), render=render, max_steps=100_000, backend=backend
         )

@@ -24,6 +24,7 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from pirl.data.demos import Episode
 
@@ -96,8 +97,6 @@ def _check_features(info: dict, keys: LeRobotKeys, images: Sequence[str], source
 
 def decode_image(value, root: pathlib.Path, key: str) -> np.ndarray:
     """One parquet image cell ({"bytes", "path"} struct, or a nested list of pixels) → uint8 [H, W, 3]."""
-    from PIL import Image
-
     if isinstance(value, dict):
         if value.get("bytes"):
             source = io.BytesIO(value["bytes"])
@@ -140,6 +139,7 @@ def load(
     Instructions come from the frames' task_index (meta/tasks.jsonl), falling back to the
     episode's first task in meta/episodes.jsonl. Demonstrations count as successful.
     """
+    # Late: pyarrow is needed only when a LeRobot dataset is read.
     import pyarrow.parquet as pq
 
     root = pathlib.Path(root).expanduser()

@@ -25,6 +25,7 @@ Setup the package itself lacks for unattended use:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 
 import numpy as np
@@ -76,8 +77,7 @@ def default_config_dir() -> str:
 def write_config(config_dir: str, assets_dir: str | None = None) -> str:
     """Writes ``config_dir/config.yaml`` pointing at the installed package's BDDL files and init
     states (and ``assets_dir`` if given); returns the file path. Imports nothing from LIBERO."""
-    import importlib.util
-
+    # Late: PyYAML is needed only to configure LIBERO.
     import yaml
 
     spec = importlib.util.find_spec("libero")
@@ -108,6 +108,7 @@ def import_libero(assets_dir: str | None):
     if not os.path.exists(os.path.join(config_dir, "config.yaml")):
         write_config(config_dir, assets_dir)
     os.environ["LIBERO_CONFIG_PATH"] = config_dir
+    # Late: LIBERO is optional and heavy, and must see LIBERO_CONFIG_PATH (set above) on import.
     import libero.libero as libero_root
     from libero.libero import benchmark
     from libero.libero.envs import OffScreenRenderEnv
