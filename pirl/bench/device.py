@@ -37,6 +37,8 @@ import time
 import traceback
 import zipfile
 
+from pirl.bench import device_sections
+
 REPORT = "device_report.json"
 TABLE = "device_report.md"
 
@@ -175,8 +177,6 @@ def run_all(args) -> int:
 
 
 def run_section(args) -> int:
-    from pirl.bench import device_sections
-
     path = pathlib.Path(args.out) / REPORT
 
     def stop(signum, frame):
@@ -210,8 +210,8 @@ def _f(x, fmt: str = ".3g") -> str:
     return format(x, fmt)
 
 
-def _mark(ok) -> str:
-    return "yes" if ok else "NO"
+def _mark(ok: bool | None) -> str:
+    return "?" if ok is None else "yes" if ok else "NO"
 
 
 def table_rows(report: dict) -> list[list[str]]:
@@ -402,9 +402,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=os.environ.get("OUT") or "device_out", help="report folder ($OUT if set)")
     p.add_argument("--dry_run", action="store_true", help="CPU, tiny sizes, same code: a test")
-    p.add_argument(
-        "--budget_s", type=float, help="seconds for everything, from $PIRL_DEVICE_T0 (540; dry run 1800)"
-    )
+    p.add_argument("--budget_s", type=float, help="seconds for everything, from $PIRL_DEVICE_T0 (540; dry run 1800)")
     p.add_argument("--sections", default="", help=f"comma-separated subset of {','.join(BOXES)}")
     p.add_argument("--box", action="append", default=[], help="NAME=SECONDS: a section's cap")
     p.add_argument("--check_wheels", metavar="DIR", help="check the wheels' requirements and exit")

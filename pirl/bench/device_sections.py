@@ -9,6 +9,7 @@ images in the dry run (CPU), through the same code.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import pathlib
@@ -24,11 +25,12 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from pirl import plan, sharding
+from pirl import cli, plan, sharding
 from pirl.bench import envs as bench_envs
 from pirl.bench import flops, timing
 from pirl.bench import sample as bench_sample
 from pirl.bench import update as bench_update
+from pirl.envs import libero
 from pirl.models import pi0
 from pirl.rl import update as upd
 
@@ -165,8 +167,7 @@ def sampling(ctx: Context, pi05: bool) -> None:
 
 def _libero_experiment(micro: int, dry_run: bool):
     """The LIBERO spatial π0 recipe (shrunk in the dry run) with one minibatch of two micro-batches."""
-    from configs import libero_ppo
-    from pirl import cli
+    from configs import libero_ppo  # configs/ sits beside the package, as pirl.bench.rollout reads it
 
     c = libero_ppo.get_config("suite=spatial,shrink" if dry_run else "suite=spatial")
     c.rl.update(micro_batch_size=micro, minibatch_size=2 * micro, update_epochs=1)
@@ -251,7 +252,7 @@ def _gib(stats: dict, key: str) -> float | None:
 
 def _physx_gpu_library() -> pathlib.Path:
     """Where SAPIEN looks for its PhysX GPU library (it downloads it there at first GPU use)."""
-    import sapien.physx
+    import sapien.physx  # late: SAPIEN is optional and heavy
 
     return pathlib.Path.home() / ".sapien" / "physx" / sapien.physx.version() / "libPhysXGpu_64.so"
 
@@ -310,15 +311,9 @@ def pools(ctx: Context) -> None:
 def _libero_missing(dry_run: bool) -> str:
     if dry_run:
         return "dry run (LIBERO takes the MetaWorld path through the same pool)"
-    try:
-        from pirl.envs import libero
-    except ImportError as e:
-        return f"pirl.envs.libero not importable ({e})"
-    assets = os.environ.get(libero.ASSETS_ENV, bench_envs.LIBERO_ASSETS_DEFAULT)
-    try:
-        import libero as _  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("libero") is None:
         return "the libero package is not installed (its assets, 199 MiB, exceed what travels with the tree)"
+    assets = os.environ.get(libero.ASSETS_ENV, bench_envs.LIBERO_ASSETS_DEFAULT)
     if not os.path.isdir(assets):
         return f"LIBERO assets not found at {assets}"
     return ""
