@@ -373,27 +373,28 @@ def train(ctx: Context) -> None:
     metrics = pathlib.Path(workdir) / "metrics.jsonl"
     t0 = time.time()
     proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True)
-    seen = 0
+    seen, stopped = 0, False
     try:
         while True:
-            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            # Only whole lines: the run may be writing the next one.
+            lines = metrics.read_text().split("\n")[:-1] if metrics.exists() else []
             for line in lines[seen:]:
                 m = json.loads(line)
                 row = {k: m[k] for k in _TRAIN_KEYS if k in m}
                 ctx.record(f"iteration_{m['step']}", row | {"logged_after_s": time.time() - t0})
             seen = len(lines)
-            done = proc.poll() is not None
-            if done or (seen >= 2 and not ctx.dry_run) or ctx.left() < 2:
+            if proc.poll() is not None or (seen >= 2 and not ctx.dry_run) or ctx.left() < 2:
                 break
             time.sleep(0.5)
-        ctx.record("exit", proc.poll() if proc.poll() is not None else f"stopped after {seen} iterations")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            stopped = True
         shutil.rmtree(workdir, ignore_errors=True)
-    if ctx.dry_run and proc.returncode:
-        raise RuntimeError(f"pirl.train exited with {proc.returncode}")
+    ctx.record("exit", f"stopped after {seen} iterations" if stopped else proc.returncode)
+    if not stopped and proc.returncode:
+        raise RuntimeError(f"pirl.train exited with {proc.returncode} after {seen} iterations")
 
 
 SECTIONS: dict[str, Callable[[Context], None]] = {
