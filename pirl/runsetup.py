@@ -39,7 +39,8 @@ class Setup:
     params: dict  # {"model", heads}: host or device arrays, before sharding
     norm_stats: Mapping
     tokenizer: tok.PaligemmaTokenizer
-    start: checkpoints.Checkpoint | None = None  # what model.checkpoint held (None: random start)
+    # What model.checkpoint held, less its params (in ``params``); None for a random start.
+    start: checkpoints.Checkpoint | None = None
 
 
 # Compiled once per config: eager initialization dispatches thousands of small ops (~3× slower
@@ -135,6 +136,7 @@ def build(exp: experiment.Experiment, devices=None) -> Setup:
         heads = checkpoints.fit_heads(start.heads, jax.device_get(init_heads(exp, model, key)), start.source)
         params = {"model": float32(start.params)} | heads
         norm_stats = start.norm_stats
+        start = dataclasses.replace(start, params={}, heads={})  # the stored-dtype copy need not live on
     else:
         model = exp.model.pi0_config()
         params = init_params(exp, model, key)
