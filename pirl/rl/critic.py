@@ -69,8 +69,9 @@ def value_from_tokens(
     mask: Bool[Array, "B T"] | None = None,
     detach: bool = False,
 ) -> Float[Array, " B"]:
-    """Value of the mean of (valid) token outputs: the action tokens of the expert, optionally only
-    the executed chunk (slice before calling), or the valid prefix tokens of the VLM."""
+    """Value of the mean of the token outputs where ``mask`` holds (all if None): the action tokens
+    of the expert, optionally only the executed chunk (slice before calling), or the VLM's prefix
+    tokens (``flow._prefix_value`` says which)."""
     x = tokens.astype(jnp.float32)
     if mask is None:
         pooled = x.mean(axis=1)

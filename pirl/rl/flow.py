@@ -168,9 +168,15 @@ def _expert_value(policy: FlowPolicyConfig, params, action_out):
     )
 
 
-def _prefix_value(policy: FlowPolicyConfig, params, prefix):
+def _prefix_value(policy: FlowPolicyConfig, params, prefix, prompt_len: int):
+    """The VLM critic on the mean prefix output over the present cameras' image tokens and every
+    prompt position, padding included: the reference's value_vlm_mode "mean_token"
+    (``get_value_from_vlm``: 256 tokens of each of the first num_images_in_input cameras and all
+    max_token_len prompt slots). A padded slot's query has no valid key and attends uniformly to
+    every position, here as in the reference, so a reference-trained critic sees its inputs."""
+    mask = prefix.mask.at[:, -prompt_len:].set(True)
     return critic.value_from_tokens(
-        params["value_head"], policy.value_hidden, prefix.out, prefix.mask, detach=policy.detach_critic_input
+        params["value_head"], policy.value_hidden, prefix.out, mask, detach=policy.detach_critic_input
     )
 
 
@@ -238,7 +244,7 @@ def sample(policy: FlowPolicyConfig, model_config, params, obs, rng: jax.Array, 
         # value-clip anchor use it, while re-scoring (`_score`) regresses the scored step's value.
         value = step_values.mean(axis=0)
     elif policy.value_source == "vlm":
-        value = _prefix_value(policy, params, prefix)
+        value = _prefix_value(policy, params, prefix, obs.tokenized_prompt.shape[1])
     else:
         value = zeros
     return PolicySample(actions=x_last, transitions=trans, logp=reduce_logp(policy, logp_elem), value=value)
@@ -282,7 +288,7 @@ def _score(policy: FlowPolicyConfig, model_config, params, obs, prefix, trans: T
         entropy = executed(policy, gaussian_entropy(std)).mean(axis=(1, 2))
         value = _expert_value(policy, params, action_out) if policy.value_source == "expert" else None
     if policy.value_source == "vlm":
-        value = _prefix_value(policy, params, prefix)
+        value = _prefix_value(policy, params, prefix, obs.tokenized_prompt.shape[1])
     if value is None:
         value = jnp.zeros((batch,), jnp.float32)
     return reduce_logp(policy, logp_elem), entropy, value
