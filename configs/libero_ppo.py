@@ -23,7 +23,7 @@ openpi's own LIBERO checkpoints (gs://openpi-assets/checkpoints/pi0_libero, pi05
 Without one the model would be randomly initialised.
 
 Values are the reference's: each number names its RLinf file (under examples/embodiment/config/,
-<suite> = spatial|object|goal|10) and key; ``tests/test_configs.py`` checks them. Like the reference,
+<suite> = spatial|object|goal|10) and key; ``tests/test_config_reference.py`` checks them. Like the reference,
 only the action expert, projections and heads train (``rl.trainable="expert_only"``: SigLIP and
 Gemma-2B frozen), so plain data parallelism fits a full-size model on one 80 GB accelerator. For
 full fine-tuning add ``--config.rl.trainable=full --config.mesh.data=1 --config.mesh.fsdp=-1``:

@@ -23,7 +23,7 @@ Only the action expert, projections and heads train, as in the reference; see
 configs/libero_ppo.py for full fine-tuning with FSDP.
 
 Values are the reference's: each number names its RLinf file (under examples/embodiment/config/)
-and key; ``tests/test_configs.py`` checks them.
+and key; ``tests/test_config_reference.py`` checks them.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ hf://RLinf/RLinf-Pi05-MetaWorld-SFT (π0.5); its RL results are published as …
 reference; see configs/libero_ppo.py for full fine-tuning with FSDP.
 
 Values are the reference's: each number names its RLinf file (under examples/embodiment/config/)
-and key; ``tests/test_configs.py`` checks them. ML45 π0.5 has no reference file: it takes the MT50
+and key; ``tests/test_config_reference.py`` checks them. ML45 π0.5 has no reference file: it takes the MT50
 π0.5 values.
 """
 
