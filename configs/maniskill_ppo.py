@@ -21,6 +21,9 @@ checkpoints hf://RLinf/RLinf-Pi0-ManiSkill-25Main-SFT (π0) and hf://RLinf/RLinf
 (loaded when it fits policy.value_hidden).
 Only the action expert, projections and heads train, as in the reference; see
 configs/libero_ppo.py for full fine-tuning with FSDP.
+
+Values are the reference's: each number names its RLinf file (under examples/embodiment/config/)
+and key; ``tests/test_config_reference.py`` checks them.
 """
 
 from __future__ import annotations
@@ -31,18 +34,28 @@ from configs import common
 
 ARGS = {"pi05": (), "shrink": ()}
 
+# Reference files (RLinf examples/embodiment/config/): maniskill_ppo_openpi.yaml (π0) and
+# maniskill_ppo_openpi_pi05.yaml (π0.5); their defaults model/pi0.yaml, model/pi0_5.yaml and
+# env/maniskill_put_on_plate_in_scene_25_main.yaml.
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, ARGS)
     pi05 = bool(args.get("pi05"))
     c = common.defaults()
     common.set_model(c, pi05)
-    c.model.action_horizon = 8  # the reference's ManiSkill models predict 8 steps, execute 5
+    # actor.model.openpi.action_horizon: 8 (both files); 5 of them execute.
+    c.model.action_horizon = 8
+    # OpenPi0ForRLActionPrediction.__init__ (RLinf openpi_action_model.py): pi05_maniskill →
+    # (1024, 512, 256), pi0_maniskill → (512, 256, 128).
+    c.policy.value_hidden = (1024, 512, 256) if pi05 else (512, 256, 128)
 
-    # Auto-reset: every env restarts as soon as its episode ends, so a rollout is a fixed window
-    # of 80 env steps; truncated and terminated chunks both bootstrap from V(final obs).
-    # One 640×480 third-person camera as in the reference. No no-op warm-up (the reference has
-    # none for this scene). SAPIEN has no one-renderer-per-process limit: 20 envs per worker.
+    # Auto-reset (env.train.auto_reset: True): every env restarts as soon as its episode ends, so a
+    # rollout is a fixed window of 80 env steps (max_episode_steps / max_steps_per_rollout_epoch:
+    # 80); algorithm.bootstrap_type "always": truncated and terminated chunks both bootstrap from
+    # V(final obs). One 640×480 third-person camera as in the reference. No no-op warm-up (the
+    # reference has none for this scene). SAPIEN has no one-renderer-per-process limit: 20 envs per
+    # worker. env.train.total_num_envs: 320.
     c.env.update(
         sim="maniskill",
         task="PutOnPlateInScene25Main-v3",
@@ -55,9 +68,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         image_size=(480, 640),
         warmup_steps=0,
     )
-    c.advantage.update(bootstrap="always", gamma=0.99, gae_lambda=0.95)
-    # Flow-Noise: learned std head, all K steps stochastic (joint log-prob), entropy bonus. π0
-    # keeps per-element ratios; the reference's π0.5 recipe takes one ratio per chunk and 5 epochs.
+    # algorithm.gamma: 0.99, gae_lambda: 0.95, normalize_advantages: True.
+    c.advantage.update(bootstrap="always", gamma=0.99, gae_lambda=0.95, normalize=True)
+    # Flow-Noise (openpi.noise_method: flow_noise, joint_logprob: True): learned std head, all K
+    # steps stochastic, entropy bonus. actor.model.num_action_chunks: 5, action_dim: 7, num_steps: 4
+    # (π0 from model/pi0.yaml). algorithm.logprob_type: token_level (π0), chunk_level (π0.5).
     c.policy.update(
         num_action_chunks=5,
         action_env_dim=7,
@@ -66,21 +81,31 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         joint_logprob=True,
         logprob_type="chunk_level" if pi05 else "token_level",
     )
+    # π0: openpi.detach_critic_input: True; π0.5 leaves it null (its critic reads the frozen VLM).
     c.policy.detach_critic_input = not pi05
 
-    # 320 envs × 1 rollout epoch × 16 chunk steps = 5120 samples: one minibatch per epoch.
+    # 320 envs × 1 rollout epoch (env.train.rollout_epoch: 1) × 16 chunk steps = 5120 samples: one
+    # minibatch per epoch. runner.max_epochs: 1000, save_interval: 50, val_check_interval: 10.
     c.train.update(iterations=1000, rollout_epochs=1, save_every=50, eval_every=10)
     c.rl.update(
-        lr=7.91e-6,
-        value_lr=1.55e-4,
-        trainable="expert_only",
-        update_epochs=5 if pi05 else 4,
-        minibatch_size=5120,
-        micro_batch_size=32,
-        clip_eps=0.2,
-        entropy_bonus=0.005,
+        lr=7.91e-6,  # actor.optim.lr: 7.91e-6
+        value_lr=1.55e-4,  # actor.optim.value_lr: 1.55e-4
+        trainable="expert_only",  # model/pi0*.yaml openpi.train_expert_only: True
+        update_epochs=5 if pi05 else 4,  # algorithm.update_epoch: 4 (π0), 5 (π0.5)
+        minibatch_size=5120,  # actor.global_batch_size: 5120
+        micro_batch_size=32,  # actor.micro_batch_size: 32
+        clip_eps=0.2,  # algorithm.clip_ratio_low / clip_ratio_high: 0.2
+        value_clip=0.2,  # algorithm.value_clip: 0.2
+        huber_delta=10.0,  # algorithm.huber_delta: 10.0
+        entropy_bonus=0.005,  # algorithm.entropy_bonus: 0.005
+        b1=0.9,  # actor.optim.adam_beta1: 0.9
+        b2=0.95,  # actor.optim.adam_beta2: 0.95
+        eps=1e-8,  # actor.optim.adam_eps: 1.0e-08
+        # No actor.optim.weight_decay: RLinf's FSDP manager defaults it to 1e-2.
+        weight_decay=0.01,
+        grad_clip=1.0,  # actor.optim.clip_grad: 1.0
     )
-    # Reference eval: 320 episodes on fixed seeds.
+    # Reference eval: env.eval.total_num_envs 320 episodes on fixed seeds.
     c.eval.update(num_envs=320, num_workers=16, num_trials=320)
     if args.get("shrink"):
         common.shrink(c)

@@ -203,7 +203,13 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
                 recorder.save(f"it{it + 1:05d}")
             t_rollout = time.perf_counter() - t_iter
             b, roll_metrics = batch_lib.to_batch(
-                trajs, exp.rl.algorithm, exp.advantage, exp.env.group_size, exp.env.auto_reset, mesh
+                trajs,
+                exp.rl.algorithm,
+                exp.advantage,
+                exp.env.group_size,
+                exp.env.auto_reset,
+                mesh,
+                max_episode_steps=exp.env.max_steps,
             )
             env_steps = int(sharding.gather_hosts(np.array([sum(t.env_steps for t in trajs)])).sum())
             # time/* are this host's clocks (process 0's are the ones logged); the rest is global.
