@@ -54,9 +54,9 @@ def set_model(c: ml_collections.ConfigDict, pi05: bool) -> None:
     # dataconfig/__init__.py) all set discrete_state_input=False. "on" puts it back.
     c.model.discrete_state_input = "off" if pi05 else ""
     if pi05:
-        # π0.5 reads the critic off the VLM's prefix outputs (value_after_vlm), with a wider MLP.
+        # π0.5 reads the critic off the VLM's prefix outputs (the reference's π0.5 PPO files set
+        # actor.model.openpi.value_after_vlm: True). Each recipe sets the critic's hidden sizes.
         c.policy.value_source = "vlm" if c.policy.value_source != "none" else "none"
-        c.policy.value_hidden = (1024, 512, 256)
 
 
 def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
