@@ -88,9 +88,9 @@ def libero_base(suite: str, pi05: bool) -> ml_collections.ConfigDict:
     # head (1024, 512, 256), pi0_libero → (512, 256, 128).
     c.policy.value_hidden = (1024, 512, 256) if pi05 else (512, 256, 128)
 
-    # 64 envs (env.train.total_num_envs: 64), one per worker process: MuJoCo under EGL draws with
-    # one renderer per process. Two stages overlap inference for one half of the envs with stepping
-    # of the other (pirl's pipelining; the reference files set pipeline_stage_num 1).
+    # 64 envs (env.train.total_num_envs: 64), one per worker process. Two stages overlap inference
+    # for one half of the envs with stepping of the other (pirl's pipelining; the reference files
+    # set pipeline_stage_num 1).
     c.env.update(
         sim="libero",
         task=task,

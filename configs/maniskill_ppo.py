@@ -11,8 +11,9 @@ PickCube-v1 instead of the Bridge scene, whose assets are a separate download; n
 checkpoint).
 
 On a GPU machine ``--config.env.backend=gpu`` simulates each worker's envs as one CUDA-batched
-ManiSkill env (the reference's setup); ``--config.env.reward_mode=dense`` swaps the success reward
-for the task's shaped one. The controller is the scene's registered one (``env.control_mode``).
+ManiSkill env (the reference's setup). The reward is the reference's grasp-and-place one
+(``env.reward_mode=grasp``); ``sparse`` gives the success reward, ``dense`` the task's shaped one.
+The controller is the scene's registered one (``env.control_mode``).
 
 A real run must name its starting weights with ``--config.model.checkpoint`` and needs ManiSkill's
 bridge_v2_real2sim assets (MS_ASSET_DIR). The reference's table starts from its few-shot SFT
@@ -70,6 +71,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     # algorithm.gamma: 0.99, gae_lambda: 0.95, normalize_advantages: True.
     c.advantage.update(bootstrap="always", gamma=0.99, gae_lambda=0.95, normalize=True)
+    # The reference's ManiSkill rollouts (rlinf/envs/maniskill/maniskill_env.py): the grasp-and-place
+    # reward as per-step changes (_calc_step_reward: 0.1 grasped, 0.1 held 5 steps, 1.0 placed while
+    # grasped), and every action of a chunk executed even after the episode ended in it (chunk_step),
+    # those steps' rewards counted.
+    c.env.update(reward_mode="grasp", finish_chunks=True)
     # Flow-Noise (openpi.noise_method: flow_noise, joint_logprob: True): learned std head, all K
     # steps stochastic, entropy bonus. actor.model.num_action_chunks: 5, action_dim: 7, num_steps: 4
     # (π0 from model/pi0.yaml). algorithm.logprob_type: token_level (π0), chunk_level (π0.5).

@@ -55,9 +55,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # get (512, 256, 128).
     c.policy.value_hidden = (512, 256, 128)
 
-    # One env per worker process (MuJoCo under EGL). env.train.total_num_envs: 64; 480² renders
-    # (env/metaworld_*.yaml init_params.camera_heights/widths: 480), resized by the model;
-    # env.train.max_episode_steps: 100. 50 goal variations per task feed training resets.
+    # One env per worker process. env.train.total_num_envs: 64; 480² renders (env/metaworld_*.yaml
+    # init_params.camera_heights/widths: 480) of the reference's camera, with shadows, resized by
+    # the model; env.train.max_episode_steps: 100. 50 goal variations per task feed training
+    # resets. 16 no-op steps after a reset: the reference's 15 plus the one whose observation it
+    # reads (rlinf/envs/metaworld/metaworld_env.py MetaWorldEnv.reset).
     c.env.update(
         sim="metaworld",
         task=BENCHMARKS[benchmark],
@@ -67,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_steps=100,
         num_trials=50,
         image_size=(480, 480),
-        warmup_steps=15,
+        warmup_steps=16,
     )
     # actor.model.num_action_chunks: 5, action_dim: 4, num_steps: 5; model/pi0*.yaml
     # openpi.noise_method: flow_sde, noise_level: 0.5.
