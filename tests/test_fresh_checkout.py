@@ -1,29 +1,25 @@
 """The repository on its own: tests that need inputs from outside it (LIBERO's scene assets) skip
 with the reason in a copy with nothing beside it, and the asset download says what to do offline."""
 
-import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 import time
 
 import pytest
+from checkout_helpers import ROOT, bare_env, copy_checkout, is_git_checkout
 
 from pirl.envs import libero
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Every test file with tests marked libero_assets.
 LIBERO_TEST_FILES = ("tests/test_envs_libero.py", "tests/test_colab_notebooks.py", "tests/test_configs.py")
 SELECT = ("-m", "libero_assets", *LIBERO_TEST_FILES)
 
 
 def _bare_env(home: pathlib.Path) -> dict:
-    """This environment without any pointer to LIBERO assets, with an empty home (no LIBERO cache)."""
-    env = {k: v for k, v in os.environ.items() if k not in (libero.ASSETS_ENV, "LIBERO_CONFIG_PATH", "PYTHONPATH")}
-    home.mkdir(parents=True, exist_ok=True)
-    return env | {"HOME": str(home)}
+    """No pointer to LIBERO assets, an empty home (no LIBERO cache)."""
+    return bare_env(home, drop=(libero.ASSETS_ENV, "LIBERO_CONFIG_PATH"))
 
 
 def _missing_assets_error(home: pathlib.Path) -> FileNotFoundError:
@@ -36,29 +32,14 @@ def _missing_assets_error(home: pathlib.Path) -> FileNotFoundError:
     return e.value
 
 
-def _copy_checkout(dest: pathlib.Path) -> None:
-    """The files git tracks (and untracked, unignored ones), as they are in the work tree."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, listed.split("\0")):
-        src = ROOT / rel
-        if src.is_file():  # a file deleted in the work tree but still in the index is skipped
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-
-
 def test_a_fresh_copy_skips_the_libero_asset_tests_with_the_reason(tmp_path):
-    if shutil.which("git") is None or not (ROOT / ".git").exists():
+    if not is_git_checkout():
         pytest.skip("not a git checkout")
     package_assets = libero.package_assets_dir()
     if package_assets and libero.has_assets(package_assets):
         pytest.skip(f"the LIBERO package holds its assets ({package_assets}): a fresh copy finds them too")
     copy = tmp_path / "pirl"
-    _copy_checkout(copy)
+    copy_checkout(copy)
     assert not (copy.parent / "shared").exists()
     start = time.monotonic()
     out = subprocess.run(
