@@ -15,13 +15,13 @@ import dataclasses
 import ml_collections
 
 from configs import common
-from pirl import sft
+from pirl import experiment
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, {"gpu": ()})
     c = common.defaults()
-    c.sft = ml_collections.ConfigDict(dataclasses.asdict(sft.SFTSection()))
+    c.sft = ml_collections.ConfigDict(dataclasses.asdict(experiment.SFTSection()))
     c.model.update(
         paligemma_variant="tiny",
         action_expert_variant="tiny",

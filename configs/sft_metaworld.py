@@ -16,7 +16,7 @@ import math
 import ml_collections
 
 from configs import common
-from pirl import sft
+from pirl import experiment
 
 
 def _fit_minibatch(c: ml_collections.ConfigDict) -> None:
@@ -28,7 +28,7 @@ def _fit_minibatch(c: ml_collections.ConfigDict) -> None:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     args = common.parse_arg(arg, {"task": (), "pi05": (), "shrink": ()})
     c = common.defaults()
-    c.sft = ml_collections.ConfigDict(dataclasses.asdict(sft.SFTSection()))
+    c.sft = ml_collections.ConfigDict(dataclasses.asdict(experiment.SFTSection()))
     pi05 = bool(args.get("pi05"))
     common.set_model(c, pi05)
     c.model.checkpoint = f"gs://openpi-assets/checkpoints/{'pi05' if pi05 else 'pi0'}_base"

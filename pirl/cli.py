@@ -10,7 +10,8 @@ import dataclasses
 import sys
 from collections.abc import Callable, Mapping
 
-from absl import flags
+from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_dict, config_flags
 
 from pirl import experiment, sharding
@@ -78,9 +79,7 @@ def recipe_sections(config: config_dict.ConfigDict) -> dict[str, type]:
     ``to_experiment``'s ``extra``; every command accepts such a recipe."""
     if "sft" not in config:
         return {}
-    from pirl import sft
-
-    return {"sft": sft.SFTSection}
+    return {"sft": experiment.SFTSection}
 
 
 def define_config_flag(default: str | None = None) -> flags.FlagHolder:
@@ -106,16 +105,11 @@ def quiet_library_logs() -> None:
     """Keeps Python logging at WARNING unless ``--verbosity`` (or ``-v``) is given: absl's app.run
     raises it to INFO, and orbax (a dozen lines per checkpoint save), JAX and absl would then bury
     the progress bar. ``--verbosity=0`` brings the INFO lines back."""
-    from absl import flags
-    from absl import logging as absl_logging
-
     if not flags.FLAGS["verbosity"].present:
         absl_logging.set_verbosity(absl_logging.WARNING)
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-    from absl import app
-
     def quiet_main(argv: list[str]) -> None:
         quiet_library_logs()
         main(argv)

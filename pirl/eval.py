@@ -20,10 +20,11 @@ import pathlib
 
 import jax
 import numpy as np
+from absl import flags
 
-from pirl import experiment, rollout
+from pirl import cli, experiment, launch, rollout, runsetup, sharding
+from pirl.envs import metaworld, video
 from pirl.envs import pool as pool_lib
-from pirl.envs import video
 
 
 def eval_init_ids(num_tasks: int, tasks: tuple[int, ...], num_trials: int) -> np.ndarray:
@@ -44,8 +45,6 @@ def host_share(ids: np.ndarray, wave: int, num_hosts: int, host: int) -> np.ndar
 
 def join_hosts(local: np.ndarray, num_ids: int, wave: int, num_hosts: int) -> np.ndarray:
     """Per-episode values of every host (each in its host_share order) → all ids', in input order."""
-    from pirl import sharding
-
     every = sharding.gather_hosts(local)  # [H · waves · wave/H], host-major
     blocks = every.reshape(num_hosts, -1, wave // num_hosts, *local.shape[1:])  # [H, waves, wave/H]
     return blocks.swapaxes(0, 1).reshape(-1, *local.shape[1:])[:num_ids]
@@ -69,8 +68,6 @@ def summarize(ids: np.ndarray, episodes: dict[str, np.ndarray], names: list[str]
         "episode_len": float(np.mean([v["episode_len"] for v in per_task.values()])),
         "episodes": len(ids),
     }
-    from pirl.envs import metaworld
-
     groups = metaworld.DIFFICULTY
     if all(n in per_task for g in groups.values() for n in g):
         out["mt50_average"] = metaworld.mt50_average({k: v["success"] for k, v in per_task.items()})
@@ -105,9 +102,7 @@ def table(res: dict) -> str:
 class Evaluator:
     """An eval pool and actor, kept for periodic evaluation during training."""
 
-    def __init__(self, setup, section: experiment.EvalSection, env: experiment.EnvSection):
-        from pirl import train
-
+    def __init__(self, setup: runsetup.Setup, section: experiment.EvalSection, env: experiment.EnvSection):
         self.section = section
         self.factory = experiment.sim_factory(
             dataclasses.replace(env, auto_reset=False, num_stages=1),
@@ -131,7 +126,7 @@ class Evaluator:
         self.spec = self.pool.spec
         replan = section.replan or setup.exp.policy.num_action_chunks
         self.num_chunks = math.ceil(self.spec.max_steps / replan)
-        self.actor = train.make_actor(setup, self.spec, action_chunk=replan)
+        self.actor = runsetup.make_actor(setup, self.spec, action_chunk=replan)
         self.ids = eval_init_ids(self.spec.num_tasks, section.tasks, section.num_trials)
         self.local_ids = host_share(self.ids, section.num_envs, self.hosts, self.host)
 
@@ -175,27 +170,15 @@ class Evaluator:
 def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
     """Evaluates ``params`` (default: the workdir's latest run checkpoint, else model.checkpoint);
     writes <workdir>/eval/results.json and returns the results."""
-    from pirl import runstate, sharding, train
-    from pirl.rl import update as upd
-
-    setup = train.build(exp)
+    setup = runsetup.build(exp)
     if params is None:
-
-        def placed(tree):
-            return jax.device_put(tree, sharding.param_shardings(setup.mesh, tree, exp.mesh.fsdp_min_bytes))
-
-        params = placed(setup.params)
-        ckpt_dir = pathlib.Path(workdir) / "checkpoints"
-        if ckpt_dir.is_dir():
-            ckpt = runstate.Checkpointer(ckpt_dir)
-            if ckpt.latest() is not None:
-                # Restored onto the mesh's shardings directly: on several hosts a committed
-                # single-device copy could not be moved onto the global mesh afterwards.
-                state, meta = ckpt.restore(placed(upd.init_train_state(exp.rl, setup.params)))
-                params = state.params
-                if jax.process_index() == 0:
-                    print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
-            ckpt.close()
+        params = runsetup.place(setup, setup.params)
+        restored = runsetup.restore_run_params(setup, workdir)
+        if restored is not None:
+            params, meta = restored
+            if jax.process_index() == 0:
+                ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+                print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
     out_dir = pathlib.Path(workdir) / "eval"
     evaluator = Evaluator(setup, exp.eval, exp.env)
     try:
@@ -211,8 +194,6 @@ def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
 
 
 def main(argv):
-    from pirl import cli, launch
-
     del argv
     launch.initialize(_DISTRIBUTED())
     config = _CONFIG.value
@@ -225,10 +206,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
-
-    from pirl import cli, launch
-
     _CONFIG = cli.define_config_flag()
     _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (its checkpoints are evaluated)", required=True)
     _DISTRIBUTED = launch.define_flags()

@@ -18,11 +18,13 @@ from typing import Any
 
 from pirl import sharding
 from pirl.data import transforms
+from pirl.envs import libero, maniskill, metaworld, pool, toy
 from pirl.models import pi0
 from pirl.rl import flow
 from pirl.rl import update as upd
 
 SIMS = ("metaworld", "libero", "maniskill", "toy")
+METAWORLD_EXPERT = "metaworld_expert"  # sft.dataset: demos from MetaWorld's scripted experts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,6 +214,52 @@ class EvalSection:
 
 
 @dataclasses.dataclass(frozen=True)
+class SFTSection:
+    """Where the demonstrations come from and how the model is fitted to them.
+
+    dataset: "metaworld_expert" (scripted experts on env.task, through a 2-worker pool) or the path
+      of a local LeRobot dataset (image_keys / state_key / action_key name its features).
+    num_demos: training episodes; holdout_demos more are kept out of training and scored with a
+      fixed-noise flow loss at every log step (0: no held-out score).
+    action_noise: std of Gaussian noise added to the experts' actions (more varied demos).
+    demo_max_steps: episode limit while collecting expert demos (0: env.max_steps). A tight RL
+      time limit would otherwise keep only the demos of the nearest goals.
+    lr: AdamW peak learning rate, reached after warmup_steps, cosine-decayed to lr/10 at `steps`.
+    augment: openpi's image augmentation (crop, rotation, color jitter) on every training batch.
+    asset_id: the norm stats go to <out_dir>/assets/<asset_id>/norm_stats.json.
+    """
+
+    dataset: str = METAWORLD_EXPERT
+    num_demos: int = 50
+    holdout_demos: int = 0
+    action_noise: float = 0.0
+    demo_max_steps: int = 0
+    image_keys: tuple[str, ...] = ()
+    state_key: str = "observation.state"
+    action_key: str = "action"
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2.5e-5
+    warmup_steps: int = 100
+    weight_decay: float = 1e-10
+    grad_clip: float = 1.0
+    augment: bool = True
+    seed: int = 0
+    log_every: int = 100
+    asset_id: str = "pirl/sft"
+
+    def __post_init__(self):
+        for name in ("num_demos", "steps", "batch_size", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("holdout_demos", "warmup_steps", "demo_max_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"sft.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.asset_id:
+            raise ValueError("sft.asset_id must name the norm stats' asset directory")
+
+
+@dataclasses.dataclass(frozen=True)
 class Experiment:
     model: ModelSpec
     env: EnvSection
@@ -274,8 +322,6 @@ def sim_factory(
     trials = num_trials or env.num_trials
     warmup = env.warmup_steps if warmup_steps is None or warmup_steps < 0 else warmup_steps
     if env.sim == "metaworld":
-        from pirl.envs import metaworld
-
         kw = dict(camera=env.camera) if env.camera else {}
         return metaworld.MetaWorldConfig(
             benchmark=env.task,
@@ -289,8 +335,6 @@ def sim_factory(
             **kw,
         )
     if env.sim == "libero":
-        from pirl.envs import libero
-
         return libero.LiberoConfig(
             suite=env.task,
             task_subset=None,
@@ -302,8 +346,6 @@ def sim_factory(
             seed=env.seed,
         )
     if env.sim == "maniskill":
-        from pirl.envs import maniskill
-
         return maniskill.ManiSkillConfig(
             tasks=tuple(t.strip() for t in env.task.split(",")),
             image_size=env.image_size,
@@ -316,8 +358,6 @@ def sim_factory(
             reward_mode=env.reward_mode or "sparse",
             backend=env.backend,
         )
-    from pirl.envs import toy
-
     return toy.ToyConfig(num_trials=trials, max_steps=steps, image_size=env.image_size[0])
 
 
@@ -331,8 +371,6 @@ def pool_config(
 ):
     """The pool of ``num_envs`` envs on ``num_workers`` workers (default the section's); a host of a
     multi-host job passes its share and ``env_offset``, the global index of its first env."""
-    from pirl.envs import pool
-
     workers = num_workers or env.num_workers
     per_worker = (num_envs or env.num_envs) // workers
     gl = env.gl or None

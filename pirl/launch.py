@@ -21,9 +21,11 @@ import dataclasses
 import os
 import sys
 
+import jax
 import numpy as np
+from absl import app, flags
 
-from pirl import experiment, sharding
+from pirl import cli, experiment, sharding
 
 ENV_COORDINATOR = "PIRL_COORDINATOR"
 ENV_NUM_PROCESSES = "PIRL_NUM_PROCESSES"
@@ -64,16 +66,12 @@ def initialize(dist: Distributed) -> None:
         )
     if dist.coordinator_address != "auto" and not 0 <= dist.process_id < dist.num_processes:
         raise ValueError(f"process_id={dist.process_id} is not in [0, num_processes={dist.num_processes})")
-    import jax
-
     address = None if dist.coordinator_address == "auto" else dist.coordinator_address
     jax.distributed.initialize(address, dist.num_processes or None, dist.process_id if dist.process_id >= 0 else None)
 
 
 def define_flags():
     """The distributed flags of a CLI (defaults from the PIRL_* environment); returns a getter."""
-    from absl import flags
-
     env = from_environ()
     coord = flags.DEFINE_string(
         "coordinator_address", env.coordinator_address, f"host:port of process 0, or 'auto' (${ENV_COORDINATOR})"
@@ -172,8 +170,6 @@ def summary(exp: experiment.Experiment, num_hosts: int, devices_per_host: int) -
 
 
 def main(argv):
-    from pirl import cli
-
     if argv[1:] != ["check"]:
         print(f"usage: python -m pirl.launch check --config=... --num_hosts=N --devices_per_host=D (got {argv[1:]})")
         sys.exit(2)
@@ -191,7 +187,6 @@ def main(argv):
 def _parse_known(argv: list[str]) -> list[str]:
     """cli.parse_flags over this tool's own flags and the config overrides only: the train flags
     that the launchers pass along too (--workdir, ...) are not check's business."""
-    from pirl import cli
 
     def own(arg: str) -> bool:
         name = arg.split("=")[0].lstrip("-")
@@ -201,10 +196,6 @@ def _parse_known(argv: list[str]) -> list[str]:
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
-    from pirl import cli
-
     _CONFIG = cli.define_config_flag()
     _HOSTS = flags.DEFINE_integer("num_hosts", 1, "processes (one per host)")
     _DEVICES = flags.DEFINE_integer("devices_per_host", 1, "accelerators per host (CPU: fake devices)")

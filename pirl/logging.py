@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import uuid
 from collections.abc import Mapping
 
 import numpy as np
@@ -34,6 +35,7 @@ class MetricWriter:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.workdir / "metrics.jsonl", "a")  # noqa: SIM115  (closed in close())
         if tensorboard:
+            # Late: optional sinks, imported only when enabled (wandb takes seconds to import).
             from tensorboardX import SummaryWriter
 
             self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
@@ -64,6 +66,7 @@ class MetricWriter:
 
     def write_video(self, step: int, tag: str, paths: list[str]) -> None:
         if self.enabled and self._wandb is not None:
+            # Late: optional sink (see __init__).
             import wandb
 
             for p in paths[:4]:
@@ -83,8 +86,6 @@ def _run_id(workdir: pathlib.Path) -> str:
     """A wandb run id stored in the workdir, so a resumed run continues the same wandb run."""
     path = workdir / "wandb_run_id"
     if not path.exists():
-        import uuid
-
         path.write_text(uuid.uuid4().hex[:12])
     return path.read_text().strip()
 
@@ -105,6 +106,7 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 
 def plot_learning_curve(workdir: str | os.PathLike, keys: tuple[str, ...], out: str = "learning_curve.png") -> str:
     """PNG of the given metrics against iteration (one panel each); returns its path."""
+    # Late: matplotlib is slow to import and needed only for this PNG.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -24,7 +24,7 @@ shardings, so nothing is allocated. It prints per device, in GiB:
              (the trajectories are released before the update);
              evaluation = eval.
 
-Params are float32, as ``init_params`` makes them; ``--params_dtype=bfloat16`` plans for a
+Params are float32, as ``runsetup.init_params`` makes them; ``--params_dtype=bfloat16`` plans for a
 checkpoint stored that way (the optimizer's moments follow the params' dtype).
 
 Mesh specs: ``8`` (the config's mesh section resolved on 8 devices), ``1,4,8`` (one row per device
@@ -47,10 +47,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 from jax.sharding import NamedSharding, PartitionSpec
 
 from pirl import batch as batch_lib
-from pirl import experiment, rollout, sharding
+from pirl import cli, experiment, rollout, runsetup, sharding
 from pirl.models import pi0
 from pirl.rl import flow
 from pirl.rl import update as upd
@@ -121,11 +122,9 @@ def devices_for(n: int) -> list[jax.Device]:
 
 
 def abstract_params(exp: experiment.Experiment, model: pi0.Pi0Config, dtype: str | None = None) -> dict:
-    """{"model", heads} as ShapeDtypeStructs (float32 as ``init_params``; ``dtype`` recasts floats,
+    """{"model", heads} as ShapeDtypeStructs (float32 as ``runsetup.init_params``; ``dtype`` recasts floats,
     e.g. bfloat16 for a checkpoint stored that way)."""
-    shapes = jax.eval_shape(
-        lambda r: {"model": pi0.init_params(model, r)} | flow.init_heads(exp.policy, model, r), jax.random.key(0)
-    )
+    shapes = jax.eval_shape(functools.partial(runsetup.init_params, exp, model), jax.random.key(0))
     if dtype is None:
         return shapes
     cast = jnp.dtype(dtype)
@@ -388,8 +387,6 @@ def checks(row: Row) -> list[str]:
 
 
 def main(argv):
-    from pirl import cli
-
     del argv
     config = _CONFIG.value
     extra = cli.recipe_sections(config)
@@ -423,10 +420,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
-
-    from pirl import cli
-
     _CONFIG = cli.define_config_flag()
     _MESH = flags.DEFINE_string("mesh", "1", "device counts '1,4,8' or axes 'data:2,fsdp:4'")
     _MEMORY_GB = flags.DEFINE_float("memory_gb", 80.0, "memory per device, GiB")

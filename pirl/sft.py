@@ -28,74 +28,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import flags
 from jaxtyping import Float, UInt8
 
-from pirl import checkpoints, experiment, sharding
+from pirl import checkpoints, cli, experiment, runsetup, sharding
 from pirl.data import augment as aug
 from pirl.data import demos as demos_lib
 from pirl.data import lerobot, transforms
 from pirl.data import norm_stats as ns
 from pirl.models import pi0, tokenizer
 
-METAWORLD_EXPERT = "metaworld_expert"
 METRICS_FILE = "sft_metrics.jsonl"
-
-
-@dataclasses.dataclass(frozen=True)
-class SFTSection:
-    """Where the demonstrations come from and how the model is fitted to them.
-
-    dataset: "metaworld_expert" (scripted experts on env.task, through a 2-worker pool) or the path
-      of a local LeRobot dataset (image_keys / state_key / action_key name its features).
-    num_demos: training episodes; holdout_demos more are kept out of training and scored with a
-      fixed-noise flow loss at every log step (0: no held-out score).
-    action_noise: std of Gaussian noise added to the experts' actions (more varied demos).
-    demo_max_steps: episode limit while collecting expert demos (0: env.max_steps). A tight RL
-      time limit would otherwise keep only the demos of the nearest goals.
-    lr: AdamW peak learning rate, reached after warmup_steps, cosine-decayed to lr/10 at `steps`.
-    augment: openpi's image augmentation (crop, rotation, color jitter) on every training batch.
-    asset_id: the norm stats go to <out_dir>/assets/<asset_id>/norm_stats.json.
-    """
-
-    dataset: str = METAWORLD_EXPERT
-    num_demos: int = 50
-    holdout_demos: int = 0
-    action_noise: float = 0.0
-    demo_max_steps: int = 0
-    image_keys: tuple[str, ...] = ()
-    state_key: str = "observation.state"
-    action_key: str = "action"
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 2.5e-5
-    warmup_steps: int = 100
-    weight_decay: float = 1e-10
-    grad_clip: float = 1.0
-    augment: bool = True
-    seed: int = 0
-    log_every: int = 100
-    asset_id: str = "pirl/sft"
-
-    def __post_init__(self):
-        for name in ("num_demos", "steps", "batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("holdout_demos", "warmup_steps", "demo_max_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"sft.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.asset_id:
-            raise ValueError("sft.asset_id must name the norm stats' asset directory")
 
 
 # ---------------------------------------------------------------- demonstrations
 
 
-def load_demos(exp: experiment.Experiment, sft: SFTSection) -> list[demos_lib.Episode]:
+def load_demos(exp: experiment.Experiment, sft: experiment.SFTSection) -> list[demos_lib.Episode]:
     """num_demos + holdout_demos episodes from the configured source."""
     count = sft.num_demos + sft.holdout_demos
-    if sft.dataset == METAWORLD_EXPERT:
+    if sft.dataset == experiment.METAWORLD_EXPERT:
         if exp.env.sim != "metaworld":
-            raise ValueError(f"sft.dataset={METAWORLD_EXPERT!r} needs env.sim='metaworld', got {exp.env.sim!r}")
+            raise ValueError(
+                f"sft.dataset={experiment.METAWORLD_EXPERT!r} needs env.sim='metaworld', got {exp.env.sim!r}"
+            )
         # Goals come from all 50 MT1 variations, not only env.num_trials of them: few demos should
         # still cover varied layouts.
         sim = experiment.sim_factory(exp.env, num_trials=50, max_steps=sft.demo_max_steps or None)
@@ -187,22 +143,7 @@ def model_batch(
 # ---------------------------------------------------------------- model and optimizer
 
 
-# Compiled once per config: eager initialization dispatches thousands of small ops.
-_init_params = jax.jit(pi0.init_params, static_argnums=0)
-
-
-def init_params(exp: experiment.Experiment, seed: int) -> tuple[pi0.Pi0Config, dict]:
-    """(model config, float32 params): random from ``seed`` without model.checkpoint, else loaded."""
-    config = exp.model.pi0_config()
-    if not exp.model.checkpoint:
-        return config, _init_params(config, jax.random.key(seed))
-    _, params = checkpoints.load_openpi(exp.model.checkpoint)
-    checkpoints.validate_params(params, pi0.param_shapes(config), check_dtype=False)
-    # AdamW updates are far below bfloat16's resolution: train a float32 copy.
-    return config, jax.tree.map(lambda x: np.asarray(x, np.float32), params)
-
-
-def lr_schedule(sft: SFTSection) -> optax.Schedule:
+def lr_schedule(sft: experiment.SFTSection) -> optax.Schedule:
     """Linear warm-up to lr, then cosine decay to lr/10 at sft.steps (openpi's SFT schedule shape)."""
     return optax.warmup_cosine_decay_schedule(
         init_value=sft.lr / (sft.warmup_steps + 1),
@@ -213,7 +154,7 @@ def lr_schedule(sft: SFTSection) -> optax.Schedule:
     )
 
 
-def make_optimizer(sft: SFTSection) -> optax.GradientTransformation:
+def make_optimizer(sft: experiment.SFTSection) -> optax.GradientTransformation:
     """AdamW (openpi's betas) after global-norm clipping, on lr_schedule."""
     return optax.chain(
         optax.clip_by_global_norm(sft.grad_clip),
@@ -264,7 +205,7 @@ def heldout_batch(
     samples: Samples,
     norm_stats: Mapping[str, ns.NormStats],
     tok: transforms.Tokenizer,
-    sft: SFTSection,
+    sft: experiment.SFTSection,
 ) -> tuple[dict, Float[np.ndarray, "B Ha A"]]:
     """The held-out samples fit scores: up to 4 batches' worth, evenly spaced over the episodes."""
     index = np.linspace(0, len(samples) - 1, min(len(samples), 4 * sft.batch_size)).round().astype(int)
@@ -293,7 +234,7 @@ class FitResult:
 
 def fit(
     exp: experiment.Experiment,
-    sft: SFTSection,
+    sft: experiment.SFTSection,
     train: Sequence[demos_lib.Episode],
     heldout: Sequence[demos_lib.Episode] = (),
     *,
@@ -310,7 +251,7 @@ def fit(
     if not train:
         raise ValueError("no training demos")
     cfg = transform_config(exp, train)
-    config, params = init_params(exp, sft.seed)
+    config, params = runsetup.float32_model_params(exp, sft.seed)
     samples = make_samples(train, config.action_horizon)
     stats = compute_norm_stats(cfg, samples)
     tok = tokenizer.load_tokenizer(exp.model.tokenizer, config.vocab_size)
@@ -385,7 +326,7 @@ def save(out_dir: str | pathlib.Path, result: FitResult, asset_id: str) -> pathl
 
 def run(
     exp: experiment.Experiment,
-    sft: SFTSection,
+    sft: experiment.SFTSection,
     out_dir: str | pathlib.Path,
     *,
     episodes: Sequence[demos_lib.Episode] | None = None,
@@ -405,6 +346,17 @@ def run(
     cut = len(episodes) - sft.holdout_demos
     result = fit(exp, sft, episodes[:cut], episodes[cut:], log=log)
     return save(out, result, sft.asset_id)
+
+
+def warm_start(
+    exp: experiment.Experiment, sft: experiment.SFTSection, workdir: str | pathlib.Path
+) -> experiment.Experiment:
+    """A recipe's SFT stage before RL: runs it into <workdir>/sft once (kept for resumes) and
+    returns ``exp`` starting from that checkpoint."""
+    out = pathlib.Path(workdir) / "sft"
+    if not (out / "params").is_dir():
+        run(exp, sft, out)
+    return dataclasses.replace(exp, model=dataclasses.replace(exp.model, checkpoint=str(out)))
 
 
 # ---------------------------------------------------------------- command line
@@ -429,13 +381,9 @@ def format_row(row: dict) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
-
-    from pirl import cli
-
     del argv
     try:
-        exp, extra = cli.to_experiment(flags.FLAGS.config, extra={"sft": SFTSection})
+        exp, extra = cli.to_experiment(flags.FLAGS.config, extra={"sft": experiment.SFTSection})
     except cli.ConfigError as e:
         raise SystemExit(f"error: {e}") from None
     sft = extra["sft"]
@@ -445,10 +393,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    from absl import flags
-
-    from pirl import cli
-
     cli.define_config_flag()
     flags.DEFINE_string("workdir", None, "output directory: the openpi checkpoint and sft_metrics.jsonl", required=True)
     cli.run(main)

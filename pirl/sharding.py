@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 BATCH_AXES = ("data", "fsdp")
@@ -168,8 +169,6 @@ def to_host(x: jax.Array) -> np.ndarray:
     """The whole value of a (possibly multi-host) global array, as numpy on every host."""
     if x.is_fully_addressable or x.is_fully_replicated:
         return np.asarray(jax.device_get(x))
-    from jax.experimental import multihost_utils
-
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
@@ -178,8 +177,6 @@ def gather_hosts(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x)
     if jax.process_count() == 1:
         return x
-    from jax.experimental import multihost_utils
-
     lengths = np.asarray(multihost_utils.process_allgather(np.int64(len(x))))
     padded = np.zeros((int(lengths.max()), *x.shape[1:]), x.dtype)
     padded[: len(x)] = x

@@ -31,62 +31,17 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from absl import flags
 
 from pirl import batch as batch_lib
-from pirl import checkpoints, experiment, launch, rollout, runstate, sharding
+from pirl import cli, experiment, launch, rollout, runsetup, runstate, sft, sharding
 from pirl import eval as eval_lib
 from pirl import logging as logs
 from pirl.envs import base, video
 from pirl.envs import pool as pool_lib
-from pirl.models import pi0
-from pirl.models import tokenizer as tok
-from pirl.rl import flow
 from pirl.rl import update as upd
 
 CURVE_KEYS = ("eval/success", "env/success_once", "env/return", "train/actor/approx_kl")
-
-
-@dataclasses.dataclass
-class Setup:
-    """Everything built once per run from an Experiment."""
-
-    exp: experiment.Experiment
-    mesh: jax.sharding.Mesh
-    model: pi0.Pi0Config
-    params: dict  # {"model", heads}: host or device arrays, before sharding
-    norm_stats: Mapping
-    tokenizer: tok.PaligemmaTokenizer
-
-
-# Compiled once per config: eager initialization dispatches thousands of small ops (~3× slower
-# on CPU, and every process of a multi-host job pays it).
-_init_model = jax.jit(pi0.init_params, static_argnums=0)
-_init_heads = jax.jit(flow.init_heads, static_argnums=(0, 1))
-
-
-def build(exp: experiment.Experiment, devices=None) -> Setup:
-    """Mesh, model config, initial params (checkpoint or random), norm stats, tokenizer."""
-    mesh = sharding.make_mesh(exp.mesh, devices)
-    model = exp.model.pi0_config()
-    key = jax.random.key(exp.train.seed)
-    if exp.model.checkpoint:
-        overrides = {f: getattr(model, f) for f in ("pi05", "action_horizon", "max_token_len", "dtype", "remat")}
-        model, model_params = checkpoints.load_openpi(exp.model.checkpoint, **overrides)
-        norm_stats = checkpoints.load_norm_stats(exp.model.checkpoint, exp.model.asset_id or None)
-    else:
-        model_params = _init_model(model, jax.random.fold_in(key, 1))
-        # Env states and actions never exceed the model's padded width.
-        norm_stats = rollout.identity_norm_stats(model.action_dim, model.action_dim)
-    params = {"model": model_params} | _init_heads(exp.policy, model, jax.random.fold_in(key, 2))
-    tokenizer = tok.load_tokenizer(exp.model.tokenizer, model.vocab_size)
-    return Setup(exp, mesh, model, params, norm_stats, tokenizer)
-
-
-def make_actor(setup: Setup, spec, *, action_chunk: int | None = None) -> rollout.Actor:
-    transform = experiment.env_transform(setup.exp, tuple(c.name for c in spec.cameras), spec.action_dim)
-    if action_chunk:
-        transform = dataclasses.replace(transform, action_chunk=action_chunk)
-    return rollout.Actor(setup.exp.policy, setup.model, transform, setup.norm_stats, setup.tokenizer, setup.mesh)
 
 
 def env_sampler(seed: int, iteration: int) -> np.random.Generator:
@@ -166,7 +121,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     """Runs (or resumes) the experiment in ``workdir``; returns the last iteration's metrics."""
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    setup = build(exp, devices)
+    setup = runsetup.build(exp, devices)
     mesh = setup.mesh
     hosts, host = jax.process_count(), jax.process_index()
     launch.check(exp, hosts, mesh.size // hosts)
@@ -207,7 +162,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     )
     pool = pool_lib.EnvPool(factory, pool_cfg)
     spec = pool.spec  # as the workers built it (some simulators only know it once created)
-    actor = make_actor(setup, spec)
+    actor = runsetup.make_actor(setup, spec)
     evaluator = None
     key = jax.random.key(exp.train.seed)
     last: dict[str, float] = {}
@@ -216,6 +171,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     _install_sigterm()
     bar = None
     if exp.train.progress and is_main:
+        # Late: the progress bar is optional (train.progress).
         from tqdm import tqdm
 
         bar = tqdm(total=exp.train.iterations, initial=start, desc="train", dynamic_ncols=True)
@@ -334,19 +290,7 @@ def _recorder(exp, workdir, it, kind, spec):
     return _Recorder(str(workdir / "videos" / kind), spec.cameras[0].name)
 
 
-def warm_start(exp: experiment.Experiment, sft_section, workdir: pathlib.Path) -> experiment.Experiment:
-    """Runs the config's SFT stage into <workdir>/sft once (kept for resumes) and starts RL from it."""
-    from pirl import sft
-
-    out = workdir / "sft"
-    if not (out / "params").is_dir():
-        sft.run(exp, sft_section, out)
-    return dataclasses.replace(exp, model=dataclasses.replace(exp.model, checkpoint=str(out)))
-
-
 def main(argv):
-    from pirl import cli
-
     del argv
     config = _CONFIG.value
     launch.initialize(_DISTRIBUTED())
@@ -354,7 +298,7 @@ def main(argv):
     exp, sections = cli.to_experiment(config, extra)
     workdir = pathlib.Path(_WORKDIR.value).expanduser().resolve()
     if "sft" in sections and not exp.model.checkpoint:
-        exp = warm_start(exp, sections["sft"], workdir)
+        exp = sft.warm_start(exp, sections["sft"], workdir)
     try:
         last = train(exp, workdir)
     except KeyboardInterrupt:
@@ -366,10 +310,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from absl import flags
-
-    from pirl import cli
-
     _CONFIG = cli.define_config_flag()
     _WORKDIR = flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, videos)", required=True)
     _DISTRIBUTED = launch.define_flags()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from pirl import checkpoints, torch_convert
+from pirl import checkpoints
 from pirl.data import norm_stats as ns
 from pirl.models import pi0
 
@@ -132,7 +132,7 @@ def test_hf_paths_offline(tmp_path, monkeypatch):
 def test_load_pytorch_fills_lora_and_reports_extras(tmp_path):
     base = pi0.Pi0Config.tiny()
     params = _random_params(base)
-    torch_convert.save_torch(params, tmp_path)
+    checkpoints.save_torch(params, tmp_path)
     # Append a value head to the file.
     import safetensors.numpy
 

@@ -1,5 +1,5 @@
 """PyTorch safetensors → pirl params, checked against a mapping written here independently
-of pirl.torch_convert, from the reference's layout facts (PyTorch Linear weights are [out, in])."""
+of pirl.checkpoints.pytorch, from the reference's layout facts (PyTorch Linear weights are [out, in])."""
 
 import json
 import logging
@@ -10,7 +10,8 @@ import pytest
 import safetensors.numpy
 from flax import traverse_util
 
-from pirl import torch_convert as tc
+from pirl import checkpoints
+from pirl.checkpoints import pytorch as tc
 from pirl.models import gemma, pi0, siglip
 
 VLM = "paligemma_with_expert.paligemma.model."
@@ -207,21 +208,21 @@ def test_truncated_and_mislabeled_files_name_the_file(model, tmp_path):
     data = file.read_bytes()
     (tmp_path / "cut").mkdir()
     (tmp_path / "cut" / "model.safetensors").write_bytes(data[: len(data) // 2])
-    with pytest.raises(tc.CheckpointError, match=r"cut/model\.safetensors is not a readable safetensors"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"cut/model\.safetensors is not a readable safetensors"):
         tc.load_safetensors(tmp_path / "cut")
     # A PyTorch pickle / zip or any other file under a .safetensors name.
     (tmp_path / "bin.safetensors").write_bytes(b"PK\x03\x04" + bytes(100))
-    with pytest.raises(tc.CheckpointError, match=r"bin\.safetensors is not a readable safetensors"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"bin\.safetensors is not a readable safetensors"):
         tc.load_safetensors(tmp_path / "bin.safetensors")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(tc.CheckpointError, match="holds neither"):
+    with pytest.raises(checkpoints.CheckpointError, match="holds neither"):
         tc.load_safetensors(tmp_path / "empty")
     # An index naming a shard that is not there.
     (tmp_path / "idx").mkdir()
     (tmp_path / "idx" / "model.safetensors.index.json").write_text(
         json.dumps({"weight_map": {"a": "gone.safetensors"}})
     )
-    with pytest.raises(tc.CheckpointError, match=r"gone\.safetensors"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"gone\.safetensors"):
         tc.load_safetensors(tmp_path / "idx")
 
 
@@ -231,18 +232,20 @@ def test_mislabeled_tensor_names_path_and_shapes(model):
     key = LM + "layers.1.mlp.down_proj.weight"
     sd[key] = sd[key].T  # stored the wrong way round: [F, D] instead of [D, F]
     with pytest.raises(
-        tc.CheckpointError, match=r"PaliGemma/llm/layers/mlp/linear: expected \[64, 32\].*down_proj\.weight \[64, 32\]"
+        checkpoints.CheckpointError,
+        match=r"PaliGemma/llm/layers/mlp/linear: expected \[64, 32\].*down_proj\.weight \[64, 32\]",
     ):
         tc.from_torch(sd, pi0.param_shapes(config))
     sd = independent_torch_state_dict(params, config.pi05)
     del sd[EXP + "layers.0.self_attn.k_proj.weight"]
     with pytest.raises(
-        tc.CheckpointError, match=r"no tensor .*gemma_expert.*layers\.0\.self_attn\.k_proj\.weight for .*kv_einsum_1"
+        checkpoints.CheckpointError,
+        match=r"no tensor .*gemma_expert.*layers\.0\.self_attn\.k_proj\.weight for .*kv_einsum_1",
     ):
         tc.from_torch(sd, pi0.param_shapes(config))
     sd = independent_torch_state_dict(params, config.pi05)
     sd["action_in_proj.weight"] = sd["action_in_proj.weight"].astype(np.int32)
-    with pytest.raises(tc.CheckpointError, match="action_in_proj/kernel: expected a floating tensor"):
+    with pytest.raises(checkpoints.CheckpointError, match="action_in_proj/kernel: expected a floating tensor"):
         tc.from_torch(sd, pi0.param_shapes(config))
 
 
@@ -295,7 +298,7 @@ def test_same_size_wrong_shape_is_not_reshaped_silently(model):
     key = LM + "layers.0.input_layernorm.weight"
     sd[key] = sd[key].reshape(2, 16)  # 32 values, but not a [32] vector
     with pytest.raises(
-        tc.CheckpointError, match=r"pre_attention_norm/scale: expected \[32\] per slice, found .*\[2, 16\]"
+        checkpoints.CheckpointError, match=r"pre_attention_norm/scale: expected \[32\] per slice, found .*\[2, 16\]"
     ):
         tc.from_torch(sd, pi0.param_shapes(config))
 
@@ -311,5 +314,5 @@ def test_header_with_wrong_dtype_label_is_named(tmp_path):
     header["w"]["dtype"] = "F64"
     text = json.dumps(header).encode().ljust(n)
     (tmp_path / "model.safetensors").write_bytes(raw[:8] + text + raw[8 + n :])
-    with pytest.raises(tc.CheckpointError, match=r"model\.safetensors is not a readable safetensors file"):
+    with pytest.raises(checkpoints.CheckpointError, match=r"model\.safetensors is not a readable safetensors file"):
         tc.load_safetensors(tmp_path)

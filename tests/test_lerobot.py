@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from configs import sft_metaworld
-from pirl import checkpoints, cli, sft
+from pirl import checkpoints, cli, experiment, sft
 from pirl.data import lerobot
 
 FRONT, WRIST, VIDEO = "observation.images.front", "observation.images.wrist", "observation.images.side"
@@ -145,7 +145,7 @@ def test_sft_run_from_lerobot_dataset_writes_a_loadable_checkpoint(tmp_path):
         log_every=1,
         asset_id="test/lerobot",
     )
-    exp, extra = cli.to_experiment(config, extra={"sft": sft.SFTSection})
+    exp, extra = cli.to_experiment(config, extra={"sft": experiment.SFTSection})
     rows = []
     out = sft.run(exp, extra["sft"], tmp_path / "ckpt", log=rows.append)
     assert [r["step"] for r in rows] == [1, 2] and all(np.isfinite(r["loss"]) for r in rows)

@@ -17,7 +17,7 @@ import pytest
 from multiprocess_helpers import run_processes
 
 from configs import common  # noqa: F401  (the config file below imports it; fail here if it moved)
-from pirl import cli, logging, runstate, train
+from pirl import cli, logging, runsetup, runstate
 from pirl.rl import update as upd
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def _rows(workdir):
 
 def _states(exp, *where):
     """TrainStates of (workdir, iteration) pairs, restored on this process's 8 devices."""
-    like = upd.init_train_state(exp.rl, train.build(exp).params)
+    like = upd.init_train_state(exp.rl, runsetup.build(exp).params)
     out = []
     for workdir, step in where:
         ckpt = runstate.Checkpointer(workdir / "checkpoints")

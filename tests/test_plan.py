@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import quickstart
-from pirl import cli, plan, sft
+from pirl import cli, experiment, plan
 from pirl.models import pi0
 from pirl.rl import flow
 
@@ -29,7 +29,7 @@ def _experiment(**rl):
     c.env.update(num_envs=8, max_steps=60)
     c.rl.update(minibatch_size=48, micro_batch_size=48)
     c.rl.update(rl)
-    exp, _ = cli.to_experiment(c, {"sft": sft.SFTSection})
+    exp, _ = cli.to_experiment(c, {"sft": experiment.SFTSection})
     return exp
 
 

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("metaworld")
 
 from configs import sft_metaworld
-from pirl import checkpoints, cli, sft
+from pirl import checkpoints, cli, experiment, runsetup, sft
 from pirl.envs import metaworld as mw
 from pirl.models import tokenizer
 
@@ -19,7 +19,7 @@ def setup():
     config = sft_metaworld.get_config("shrink")
     config.env.gl = "osmesa"
     config.sft.update(num_demos=3, holdout_demos=1, steps=60, log_every=30)
-    exp, extra = cli.to_experiment(config, extra={"sft": sft.SFTSection})
+    exp, extra = cli.to_experiment(config, extra={"sft": experiment.SFTSection})
     episodes = sft.load_demos(exp, extra["sft"])
     return exp, extra["sft"], episodes
 
@@ -87,7 +87,7 @@ def test_sft_lowers_heldout_flow_loss(setup, fitted):
     heldout = sft.make_samples(episodes[3:], fitted.config.action_horizon)
     obs, actions = sft.heldout_batch(tcfg, heldout, fitted.norm_stats, tok, cfg)
     noise, t = sft.eval_noise(jax.random.key(7), actions.shape)
-    _, initial = sft.init_params(exp, cfg.seed)
+    _, initial = runsetup.float32_model_params(exp, cfg.seed)
     before = np.asarray(sft.fixed_noise_errors(fitted.config, initial, obs, actions, noise, t))
     after = np.asarray(sft.fixed_noise_errors(fitted.config, fitted.params, obs, actions, noise, t))
     numbers = (

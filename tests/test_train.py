@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from pirl import cli, logging, runstate, train
+from pirl import cli, logging, runsetup, runstate, train
 from pirl.rl import update as upd
 
 TIMING = ("time/", "env/steps_per_s")
@@ -38,7 +38,7 @@ def _rows(workdir):
 
 def _final_params(workdir, exp):
     ckpt = runstate.Checkpointer(workdir / "checkpoints")
-    setup = train.build(exp)
+    setup = runsetup.build(exp)
     state, meta = ckpt.restore(upd.init_train_state(exp.rl, setup.params))
     ckpt.close()
     return meta, state.params

@@ -25,23 +25,17 @@ import time
 
 import numpy as np
 
-from pirl.envs import pool
+from pirl.envs import libero, maniskill, metaworld, pool, toy
 
 
 def make_factory(sim: str, render: bool, size: int):
     """(factory, action_dim, gl) for one simulator, restricted to a single task."""
     if sim == "toy":  # no simulator: measures the pool's own overhead
-        from pirl.envs import toy
-
         return toy.ToyConfig(max_steps=10**9, image_size=size, cameras=("main",) if render else ()), 2, None
     if sim == "metaworld":
-        from pirl.envs import metaworld
-
         cfg = metaworld.MetaWorldConfig(benchmark="reach-v3", image_size=(size, size), render=render)
         return cfg, 4, "egl"
     if sim == "libero":
-        from pirl.envs import libero
-
         cfg = libero.LiberoConfig(
             suite="libero_spatial",
             task_subset=(0,),
@@ -52,8 +46,6 @@ def make_factory(sim: str, render: bool, size: int):
         )
         return cfg, 7, "egl"
     if sim == "maniskill":
-        from pirl.envs import maniskill
-
         cfg = maniskill.ManiSkillConfig(
             tasks=("PickCube-v1",), image_size=(size, size), render=render, max_steps=100_000
         )

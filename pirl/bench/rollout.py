@@ -16,10 +16,13 @@ import time
 import jax
 import numpy as np
 
+from pirl import cli, experiment, rollout, runsetup
+from pirl.envs import pool as pool_lib
+
 
 def _experiment(args, stages: int):
+    # Late: configs/ is the repository's recipes package, not part of the installed pirl.
     from configs import common
-    from pirl import cli
 
     c = common.defaults()
     c.env.update(sim=args.sim, task=args.task)
@@ -41,17 +44,14 @@ def _experiment(args, stages: int):
 
 
 def measure(args, stages: int) -> dict[str, float]:
-    from pirl import experiment, rollout, train
-    from pirl.envs import pool as pool_lib
-
     exp = _experiment(args, stages)
-    setup = train.build(exp)
+    setup = runsetup.build(exp)
     factory = experiment.sim_factory(exp.env)
     params = setup.params
     walls, sims, infers = [], [], []
     with pool_lib.EnvPool(factory, experiment.pool_config(exp.env)) as pool:
         spec = pool.spec
-        actor = train.make_actor(setup, spec)
+        actor = runsetup.make_actor(setup, spec)
         ids = np.stack([np.zeros(exp.env.num_envs, np.int64), np.arange(exp.env.num_envs) % spec.num_trials], 1)
         rows = [pool.stage_envs(s) for s in range(stages)]
         for rep in range(args.reps + 1):  # the first rep compiles and warms up

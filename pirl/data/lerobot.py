@@ -35,6 +35,7 @@ import pathlib
 from collections.abc import Sequence
 
 import numpy as np
+from PIL import Image
 
 from pirl.data import video
 from pirl.data.demos import Episode
@@ -134,6 +135,7 @@ def _v2_episodes(root: pathlib.Path, info: dict, video_keys: Sequence[str]) -> d
 
 def _read_parquet_dir(folder: pathlib.Path, source: str):
     """Every parquet file under ``folder`` (sorted by path) as one table."""
+    # Late: pyarrow is needed only when a LeRobot dataset is read.
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -169,6 +171,7 @@ def _tasks(root: pathlib.Path, version: str) -> dict[int, str]:
     LeRobot writes as the pandas index (a "task" column is read too)."""
     if version in V2_VERSIONS:
         return {t["task_index"]: t["task"] for t in _read_jsonl(root / "meta" / "tasks.jsonl")}
+    # Late: pyarrow is needed only when a LeRobot dataset is read.
     import pyarrow.parquet as pq
 
     path = root / "meta" / "tasks.parquet"
@@ -184,8 +187,6 @@ def _tasks(root: pathlib.Path, version: str) -> dict[int, str]:
 
 def decode_image(value, root: pathlib.Path, key: str) -> np.ndarray:
     """One parquet image cell ({"bytes", "path"} struct, or a nested list of pixels) → uint8 [H, W, 3]."""
-    from PIL import Image
-
     if isinstance(value, dict):
         if value.get("bytes"):
             source = io.BytesIO(value["bytes"])
@@ -230,6 +231,7 @@ def load(
     first task in the episodes metadata. Video frames are those nearest each frame's timestamp,
     within ``tolerance_s`` seconds. Demonstrations count as successful.
     """
+    # Late: pyarrow is needed only when a LeRobot dataset is read.
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 

@@ -32,7 +32,8 @@ def decode_frames(
     Raises FileNotFoundError for a missing file and ValueError (naming the file, the timestamp and
     the nearest frame time) when a timestamp has no frame within ``tolerance_s``.
     """
-    import av  # late import: only video-encoded datasets need FFmpeg
+    # Late: only video-encoded datasets need PyAV (FFmpeg).
+    import av
 
     path = pathlib.Path(path)
     if not path.is_file():

@@ -27,6 +27,7 @@ Setup the package itself lacks for unattended use:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 
 import numpy as np
@@ -91,8 +92,6 @@ def has_assets(path: str) -> bool:
 def package_assets_dir() -> str | None:
     """``libero/libero/assets`` inside the installed LIBERO package (present in source installs);
     None when LIBERO is not installed. Imports nothing from LIBERO."""
-    import importlib.util
-
     spec = importlib.util.find_spec("libero")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -122,6 +121,7 @@ def find_assets(assets_dir: str | None = None) -> str:
 def write_config(config_dir: str, assets_dir: str | None = None) -> str:
     """Writes ``config_dir/config.yaml`` pointing at the installed package's BDDL files and init
     states (and ``assets_dir`` if given); returns the file path. Imports nothing from LIBERO."""
+    # Late: PyYAML is needed only to configure LIBERO.
     import yaml
 
     package_assets = package_assets_dir()
@@ -152,6 +152,7 @@ def import_libero(assets_dir: str):
     if not os.path.exists(os.path.join(config_dir, "config.yaml")):
         write_config(config_dir, assets_dir)
     os.environ["LIBERO_CONFIG_PATH"] = config_dir
+    # Late: LIBERO is optional and heavy, and must see LIBERO_CONFIG_PATH (set above) on import.
     import libero.libero as libero_root
     from libero.libero import benchmark
     from libero.libero.envs import OffScreenRenderEnv

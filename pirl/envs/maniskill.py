@@ -54,6 +54,7 @@ _BRIDGE_FAMILY = ("PutOnPlateInScene",)
 
 def _check_task(task: str):
     """Raises a clear error when a task is unknown or its downloadable assets are missing."""
+    # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
     from mani_skill import ASSET_DIR
     from mani_skill.utils.assets.data import DATA_SOURCES
     from mani_skill.utils.registration import REGISTERED_ENVS
@@ -115,6 +116,7 @@ class ManiSkillConfig:
             raise ValueError("the GPU backend batches one task per worker; give exactly one task")
 
     def make_env(self, task: int, num_envs: int = 1):
+        # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
         import gymnasium as gym
         import mani_skill.envs  # noqa: F401  (registers the tasks)
 
@@ -138,6 +140,7 @@ class ManiSkillConfig:
         return gym.make(name, **kw)
 
     def __call__(self, worker_index: int, num_envs: int) -> base.SimGroup:
+        # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
         import torch
 
         torch.set_num_threads(1)
@@ -168,6 +171,7 @@ class _Common:
             self.camera = self.cfg.camera or cams[0]
             if self.camera not in cams:
                 raise ValueError(f"camera {self.camera!r} not among the task's sensors {cams}")
+        # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
         from mani_skill.utils.registration import REGISTERED_ENVS
 
         # Each task's own time limit truncates it; the spec carries the longest.
@@ -250,6 +254,7 @@ class GPUGroup(_Common):
         self._setup(self.env)
 
     def reset(self, env_ids, init_ids):
+        # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
         import torch
 
         u = self.env.unwrapped
@@ -285,6 +290,7 @@ class GPUGroup(_Common):
         return [(base.Obs(self._images(obs, i), self._state(obs, i)), text) for i in env_ids]
 
     def step(self, env_ids, actions):
+        # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
         import torch
 
         u = self.env.unwrapped

@@ -186,6 +186,7 @@ class MetaWorldConfig:
         if self.benchmark == "MT50":
             return names
         if self.benchmark in ("ML45-train", "ML45-test"):
+            # Late: the simulator (MetaWorld, MuJoCo) is optional and heavy; imported only when used.
             from metaworld import env_dict
 
             return list(env_dict.ML45_V3["train" if self.benchmark == "ML45-train" else "test"])
@@ -223,6 +224,7 @@ class MetaWorldSim:
         self.prev_success = False
 
     def _make(self, name: str):
+        # Late: the simulator (MetaWorld, MuJoCo) is optional and heavy; imported only when used.
         import metaworld
 
         if name not in self._goals:
@@ -238,6 +240,7 @@ class MetaWorldSim:
             env.model.vis.quality.shadowsize = 0
             env.model.vis.quality.offsamples = 0
             if self.cfg.camera_pos is not None:
+                # Late: the simulator (MetaWorld, MuJoCo) is optional and heavy; imported only when used.
                 import mujoco
 
                 cam = mujoco.mj_name2id(env.model, mujoco.mjtObj.mjOBJ_CAMERA, self.cfg.camera)
@@ -291,6 +294,7 @@ def expert_actions(task_names: list[str], full_states: np.ndarray) -> np.ndarray
       task_names: N task names (e.g. ``cfg.task_names()[task]`` of each env's init id).
       full_states: (N, 39) observations; needs ``MetaWorldConfig(state="full")``.
     """
+    # Late: MetaWorld's scripted experts load only when demos are collected.
     from metaworld.policies import ENV_POLICY_MAP
 
     states = np.asarray(full_states, np.float64)

@@ -53,42 +53,8 @@ from pirl.envs import base, worker
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LP_NUM_THREADS")
 
 
-@dataclasses.dataclass(frozen=True)
-class PoolConfig:
-    """How the pool runs its workers.
-
-    Attributes:
-      num_workers: P processes.
-      envs_per_worker: M simulators per process.
-      auto_reset: reset envs whose episode ended at the end of the chunk (see base.py).
-      seed: auto-reset init ids of env i are drawn from ``base.env_rng(seed, env_offset + i)``.
-      env_offset: the index of this pool's first env among all hosts' envs, so that pools of a
-        multi-host job draw what one pool of all the envs would.
-      num_stages: split workers into this many stages for pipelined stepping.
-      gl: MUJOCO_GL for the workers ("egl" or "osmesa"); None leaves the environment alone.
-      timeout_s: a worker silent for this long during a command is killed and treated as crashed.
-      threads_per_worker: size of each worker's BLAS/OpenMP/CPU-renderer thread pools. 1 suits one
-        worker per core (parallelism from processes, no oversubscription); raise it when there are
-        fewer workers than cores.
-    """
-
-    num_workers: int
-    envs_per_worker: int
-    auto_reset: bool = False
-    seed: int = 0
-    num_stages: int = 1
-    gl: str | None = None
-    timeout_s: float = 600.0
-    threads_per_worker: int = 1
-    env_offset: int = 0
-
-    def __post_init__(self):
-        if self.num_workers < 1 or self.envs_per_worker < 1:
-            raise ValueError(f"need num_workers, envs_per_worker >= 1, got {self}")
-        if not 1 <= self.num_stages <= self.num_workers:
-            raise ValueError(f"num_stages={self.num_stages} must be in [1, num_workers={self.num_workers}]")
-        if self.gl not in (None, "egl", "osmesa"):
-            raise ValueError(f"gl must be 'egl', 'osmesa' or None, got {self.gl!r}")
+# The config lives with the worker that reads it: pool imports worker, never the reverse.
+PoolConfig = worker.PoolConfig
 
 
 class EnvPool:

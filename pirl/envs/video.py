@@ -26,6 +26,7 @@ def overlay(
 ) -> UInt8[np.ndarray, "H2 W2 3"]:
     """Returns the frame (nearest-upscaled to >= min_size high) with text lines in a strip below it."""
     try:
+        # Late: OpenCV is optional (installed with the simulators).
         import cv2
     except ImportError as e:  # installed with the simulators (third_party/install_sims.sh)
         raise ImportError("video overlays need OpenCV: pip install opencv-python-headless") from e
@@ -69,6 +70,7 @@ class VideoRecorder:
 
     def save(self, prefix: str = "episode") -> list[str]:
         """Writes ``{out_dir}/{prefix}_env{i}.mp4`` for every env with frames; returns the paths."""
+        # Late: imageio (and its ffmpeg plugin) is needed only when a video is written.
         import imageio.v2 as imageio
 
         os.makedirs(self.out_dir, exist_ok=True)

@@ -6,21 +6,18 @@ The worker never imports JAX: it imports numpy, the simulator, and this package'
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pickle
 import signal
 import sys
 import traceback
 from multiprocessing import shared_memory
-from typing import TYPE_CHECKING
 
 import numpy as np
 from jaxtyping import Float32, UInt8
 
 from pirl.envs import base
-
-if TYPE_CHECKING:
-    from pirl.envs.pool import PoolConfig
 
 # First byte of a "step" message, which travels as raw bytes in both directions: a chunk is a few
 # hundred bytes, and pickling the reply's arrays cost more than the pipe itself. Every other message
@@ -64,6 +61,44 @@ def decode_step_reply(
     env_flags = np.frombuffer(buf, np.uint8, m, f_end)
     tail = buf[f_end + m :]
     return rewards, flags, env_flags, pickle.loads(tail) if tail else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """How the pool runs its workers.
+
+    Attributes:
+      num_workers: P processes.
+      envs_per_worker: M simulators per process.
+      auto_reset: reset envs whose episode ended at the end of the chunk (see base.py).
+      seed: auto-reset init ids of env i are drawn from ``base.env_rng(seed, env_offset + i)``.
+      env_offset: the index of this pool's first env among all hosts' envs, so that pools of a
+        multi-host job draw what one pool of all the envs would.
+      num_stages: split workers into this many stages for pipelined stepping.
+      gl: MUJOCO_GL for the workers ("egl" or "osmesa"); None leaves the environment alone.
+      timeout_s: a worker silent for this long during a command is killed and treated as crashed.
+      threads_per_worker: size of each worker's BLAS/OpenMP/CPU-renderer thread pools. 1 suits one
+        worker per core (parallelism from processes, no oversubscription); raise it when there are
+        fewer workers than cores.
+    """
+
+    num_workers: int
+    envs_per_worker: int
+    auto_reset: bool = False
+    seed: int = 0
+    num_stages: int = 1
+    gl: str | None = None
+    timeout_s: float = 600.0
+    threads_per_worker: int = 1
+    env_offset: int = 0
+
+    def __post_init__(self):
+        if self.num_workers < 1 or self.envs_per_worker < 1:
+            raise ValueError(f"need num_workers, envs_per_worker >= 1, got {self}")
+        if not 1 <= self.num_stages <= self.num_workers:
+            raise ValueError(f"num_stages={self.num_stages} must be in [1, num_workers={self.num_workers}]")
+        if self.gl not in (None, "egl", "osmesa"):
+            raise ValueError(f"gl must be 'egl', 'osmesa' or None, got {self.gl!r}")
 
 
 class Worker:

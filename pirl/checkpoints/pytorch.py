@@ -1,4 +1,5 @@
-"""PyTorch safetensors ⇄ pirl params (openpi's Flax tree), in both directions.
+"""PyTorch safetensors ⇄ pirl params (openpi's Flax tree), in both directions; load_pytorch reads
+a checkpoint directory (local or remote) for a model config.
 
 Understands openpi's PyTorch naming (also used by RLinf's Hugging Face checkpoints), LeRobot's
 (the same names under a `model.` prefix), and the pre-4.52 transformers PaliGemma layout
@@ -33,6 +34,9 @@ import safetensors
 import safetensors.numpy
 from flax import traverse_util
 
+from pirl.checkpoints import remote, validation
+from pirl.models import pi0
+
 logger = logging.getLogger(__name__)
 
 VLM = "paligemma_with_expert.paligemma.model."
@@ -52,10 +56,6 @@ _LEGACY = (
     ("paligemma_with_expert.paligemma.vision_tower.", VLM + "vision_tower."),
     ("paligemma_with_expert.paligemma.multi_modal_projector.", VLM + "multi_modal_projector."),
 )
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file or tree does not match what the model expects."""
 
 
 # ---------------------------------------------------------------- per-layer conversions
@@ -169,7 +169,7 @@ def torch_rule(path: str) -> tuple[tuple[str, ...], str, bool] | None:
             return (f"{name}.weight",), "dense", False
         if leaf in ("bias", "scale"):
             return (f"{name}.{'bias' if leaf == 'bias' else 'weight'}",), "copy", False
-    raise CheckpointError(f"no PyTorch name is known for param {path}")
+    raise validation.CheckpointError(f"no PyTorch name is known for param {path}")
 
 
 def _flat(tree) -> dict[str, object]:
@@ -245,11 +245,13 @@ def save_torch(params, directory: str | os.PathLike, max_shard_bytes: int | None
 
 def _read_file(file: pathlib.Path) -> dict[str, np.ndarray]:
     if not file.is_file():
-        raise CheckpointError(f"safetensors file not found: {file}")
+        raise validation.CheckpointError(f"safetensors file not found: {file}")
     try:
         return safetensors.numpy.load_file(file)
     except (safetensors.SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{file} is not a readable safetensors file (truncated or mislabeled?): {e}") from None
+        raise validation.CheckpointError(
+            f"{file} is not a readable safetensors file (truncated or mislabeled?): {e}"
+        ) from None
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -261,18 +263,20 @@ def load_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         elif (path / SINGLE_FILE).is_file():
             path = path / SINGLE_FILE
         else:
-            raise CheckpointError(f"{path} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
+            raise validation.CheckpointError(f"{path} holds neither {SINGLE_FILE} nor {INDEX_FILE}")
     if not path.name.endswith(".json"):
         return _read_file(path)
     try:
         weight_map = json.loads(path.read_text())["weight_map"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is not a safetensors index with a 'weight_map': {e}") from None
+        raise validation.CheckpointError(f"{path} is not a safetensors index with a 'weight_map': {e}") from None
     tensors: dict[str, np.ndarray] = {}
     for shard in sorted(set(weight_map.values())):
         content = _read_file(path.parent / shard)
         if missing := sorted(k for k, s in weight_map.items() if s == shard and k not in content):
-            raise CheckpointError(f"{path.parent / shard} lacks {missing[0]}, which {path.name} places there")
+            raise validation.CheckpointError(
+                f"{path.parent / shard} lacks {missing[0]}, which {path.name} places there"
+            )
         tensors.update(content)
     return tensors
 
@@ -315,7 +319,9 @@ def from_torch(tensors: Mapping[str, np.ndarray], template) -> tuple[dict, dict[
             if wanted == [EMBED] and EMBED not in names and TIED_HEAD in names:
                 wanted = [TIED_HEAD]  # tied: either name holds the embedding
             if absent := [k for k in wanted if k not in names]:
-                raise CheckpointError(f"checkpoint has no tensor {names.get(absent[0], absent[0])} for {path}")
+                raise validation.CheckpointError(
+                    f"checkpoint has no tensor {names.get(absent[0], absent[0])} for {path}"
+                )
             arrays = [np.asarray(tensors[names[k]]) for k in wanted]
             try:
                 piece = _KINDS[kind][0](arrays, slice_shape)
@@ -323,12 +329,12 @@ def from_torch(tensors: Mapping[str, np.ndarray], template) -> tuple[dict, dict[
                 piece = None
             if piece is None or piece.shape != slice_shape:
                 found = ", ".join(f"{names[k]} {list(a.shape)}" for k, a in zip(wanted, arrays, strict=True))
-                raise CheckpointError(f"{path}: expected {list(slice_shape)} per slice, found {found}")
+                raise validation.CheckpointError(f"{path}: expected {list(slice_shape)} per slice, found {found}")
             pieces.append(piece)
             used.update(wanted)
         value = np.stack(pieces) if stacked else pieces[0]
         if not jnp.issubdtype(value.dtype, jnp.floating):  # numpy alone does not know bfloat16
-            raise CheckpointError(f"{path}: expected a floating tensor, found {value.dtype}")
+            raise validation.CheckpointError(f"{path}: expected a floating tensor, found {value.dtype}")
         flat[tuple(path.split("/"))] = value.astype(spec.dtype)
     if TIED_HEAD in names and EMBED in used:
         used.add(TIED_HEAD)
@@ -344,3 +350,24 @@ def from_torch(tensors: Mapping[str, np.ndarray], template) -> tuple[dict, dict[
 def load_torch(path: str | os.PathLike, template) -> tuple[dict, dict[str, np.ndarray]]:
     """load_safetensors + from_torch."""
     return from_torch(load_safetensors(path), template)
+
+
+def load_pytorch(
+    path: str | os.PathLike, config: pi0.Pi0Config, *, seed: int = 0
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """PyTorch safetensors (local, hf://, gs://; single or sharded) → (params for `config`, extras).
+
+    Extras are checkpoint tensors the model has no place for (e.g. an RL value head). PyTorch
+    checkpoints hold no LoRA weights: for a LoRA config those start fresh, normal(0.01) as
+    openpi initializes them (from `seed`).
+    """
+    template = pi0.param_shapes(config)
+    converted, extras = load_torch(remote.resolve_path(path), template)
+    flat = traverse_util.flatten_dict(converted)
+    rng = np.random.default_rng(seed)
+    for key, spec in traverse_util.flatten_dict(template).items():
+        if key not in flat and any("lora" in part for part in key):
+            flat[key] = (0.01 * rng.standard_normal(spec.shape)).astype(spec.dtype)
+    params = traverse_util.unflatten_dict(flat)
+    validation.validate_params(params, template)
+    return params, extras
