@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from configs import sft_metaworld
-from pirl import cli, sft
+from pirl import cli, experiment, sft
 from pirl.data import lerobot, video
 
 FRONT, WRIST = "observation.images.front", "observation.images.wrist"
@@ -237,7 +237,7 @@ def test_sft_fits_the_small_model_on_a_video_dataset(tmp_path):
         log_every=40,
         asset_id="test/lerobot_video",
     )
-    exp, extra = cli.to_experiment(config, extra={"sft": sft.SFTSection})
+    exp, extra = cli.to_experiment(config, extra={"sft": experiment.SFTSection})
     rows = []
     sft.run(exp, extra["sft"], tmp_path / "ckpt", log=rows.append)
     first, last = rows[0], rows[-1]
