@@ -8,6 +8,7 @@ columns videos/<key>/from_timestamp etc.).
 """
 
 import json
+import os
 
 import av
 import numpy as np
@@ -32,12 +33,19 @@ def write_video(path, frames, codec=LOSSLESS):
     """frames uint8 [T, H, W, 3] → mp4 at FPS (frame t at t / FPS seconds)."""
     name, pix_fmt, options = codec
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream(name, rate=FPS, options=options)
-        stream.pix_fmt, stream.height, stream.width = pix_fmt, frames.shape[1], frames.shape[2]
-        for f in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        out.mux(stream.encode())
+    # SVT-AV1 switches the calling thread to real-time SCHED_FIFO when it may (as root), and every
+    # thread started later inherits it: XLA's device threads then starve each other on a small
+    # machine (a collective's rendezvous times out and aborts the process). Put it back.
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream(name, rate=FPS, options=options)
+            stream.pix_fmt, stream.height, stream.width = pix_fmt, frames.shape[1], frames.shape[2]
+            for f in frames:
+                out.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+            out.mux(stream.encode())
+    finally:
+        os.sched_setscheduler(0, policy, param)
 
 
 def make_episodes(lengths, seed=0, smooth=False):
@@ -188,6 +196,7 @@ def test_lerobot_default_av1_frames_within_stated_error(tmp_path):
         pytest.skip("this FFmpeg build has no SVT-AV1 encoder")
     eps = make_episodes((6, 5), smooth=True)
     write_v30(tmp_path, eps, files=((0, 1),), codec=LEROBOT_AV1)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER  # write_video undid SVT-AV1's real-time policy
     got = lerobot.load(tmp_path, lerobot.LeRobotKeys(images=(FRONT,)))
     for g, e in zip(got, eps, strict=True):
         frames = g.images[FRONT].astype(np.int64)
