@@ -1,16 +1,18 @@
 """GRPO with Flow-SDE on a LIBERO suite, π0 or π0.5, from a few-shot SFT checkpoint.
 
     python -m pirl.train --config=configs/libero_grpo.py:suite=spatial --workdir=runs/libero_spatial_grpo \\
-        --config.model.checkpoint=<dir|hf://…|gs://…>
+        --config.model.checkpoint=hf://RLinf/RLinf-Pi0-LIBERO-Spatial-Object-Goal-SFT
     python -m pirl.train --config=configs/libero_grpo.py:suite=10,pi05 --workdir=runs/libero_10_grpo_pi05 \\
-        --config.model.checkpoint=<dir|hf://…|gs://…>
+        --config.model.checkpoint=hf://RLinf/RLinf-Pi05-LIBERO-SFT
     python -m pirl.train --config=configs/libero_grpo.py:suite=spatial,shrink --workdir=runs/libero_grpo_tiny
 
 Arguments (comma-separated): suite=spatial|object|goal|10|90|130 (default spatial); pi05; shrink
 (tiny random model, few envs, 64² renders; needs no checkpoint).
 
-A real run must name its starting weights with ``--config.model.checkpoint`` (see
-configs/libero_ppo.py, whose model, env, batches and eval this recipe shares). GRPO drops the
+A real run must name its starting weights with ``--config.model.checkpoint``: the reference's
+table starts from hf://RLinf/RLinf-Pi0-LIBERO-Spatial-Object-Goal-SFT (π0, spatial/object/goal),
+hf://RLinf/RLinf-Pi0-LIBERO-Long-SFT (π0, suite=10) and hf://RLinf/RLinf-Pi05-LIBERO-SFT (π0.5);
+see configs/libero_ppo.py, whose model, env, batches and eval this recipe shares. GRPO drops the
 critic: groups of 8 consecutive envs start from the same (task, init state), each episode's score
 is normalised within its group, and groups that all succeed or all fail (mean outside
 [0.1, 0.9]) are dropped.

@@ -1,11 +1,11 @@
 """PPO with Flow-SDE on a LIBERO suite, π0 or π0.5, from a few-shot SFT checkpoint.
 
     python -m pirl.train --config=configs/libero_ppo.py:suite=spatial --workdir=runs/libero_spatial_ppo \\
-        --config.model.checkpoint=<dir|hf://…|gs://…>
+        --config.model.checkpoint=hf://RLinf/RLinf-Pi0-LIBERO-Spatial-Object-Goal-SFT
     python -m pirl.train --config=configs/libero_ppo.py:suite=goal,pi05 --workdir=runs/libero_goal_ppo_pi05 \\
-        --config.model.checkpoint=<dir|hf://…|gs://…>
+        --config.model.checkpoint=hf://RLinf/RLinf-Pi05-LIBERO-SFT
     python -m pirl.train --config=configs/libero_ppo.py:suite=spatial,quickstart --workdir=runs/libero_quick \\
-        --config.model.checkpoint=<dir|hf://…|gs://…>
+        --config.model.checkpoint=hf://RLinf/RLinf-Pi0-LIBERO-Spatial-Object-Goal-SFT
     python -m pirl.train --config=configs/libero_ppo.py:suite=spatial,shrink --workdir=runs/libero_tiny
 
 Arguments (comma-separated): suite=spatial|object|goal|10|90|130 (default spatial); pi05 (π0.5
@@ -13,9 +13,14 @@ instead of π0); quickstart (the reference's memory-friendly variant: 32 envs ×
 256 / 64 batches, lr 1e-6); shrink (tiny random model, few envs, 64² renders: runs on a laptop,
 needs no checkpoint).
 
-A real run must name its starting weights with ``--config.model.checkpoint``: the reference starts
-RL from few-shot SFT checkpoints (one for spatial/object/goal, one per other suite), in openpi's
-layout with the norm stats under assets/. Without one the model would be randomly initialised.
+A real run must name its starting weights with ``--config.model.checkpoint``. The reference's table
+starts RL from these few-shot SFT checkpoints (safetensors with the norm stats under
+physical-intelligence/libero/; any layout pirl.checkpoints.load recognises works the same):
+  π0, suite=spatial|object|goal  hf://RLinf/RLinf-Pi0-LIBERO-Spatial-Object-Goal-SFT
+  π0, suite=10                   hf://RLinf/RLinf-Pi0-LIBERO-Long-SFT
+  π0.5, every suite              hf://RLinf/RLinf-Pi05-LIBERO-SFT
+openpi's own LIBERO checkpoints (gs://openpi-assets/checkpoints/pi0_libero, pi05_libero) load too.
+Without one the model would be randomly initialised.
 
 Values are the reference's (RLinf LIBERO recipes; the table in the RL notes). Like the reference,
 only the action expert, projections and heads train (``rl.trainable="expert_only"``: SigLIP and

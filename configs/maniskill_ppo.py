@@ -1,9 +1,9 @@
 """PPO with Flow-Noise on ManiSkill3 PutOnPlateInScene25Main-v3 (WidowX), π0 or π0.5.
 
     python -m pirl.train --config=configs/maniskill_ppo.py --workdir=runs/maniskill_ppo \\
-        --config.model.checkpoint=<dir|hf://…|gs://…>
+        --config.model.checkpoint=hf://RLinf/RLinf-Pi0-ManiSkill-25Main-SFT
     python -m pirl.train --config=configs/maniskill_ppo.py:pi05 --workdir=runs/maniskill_ppo_pi05 \\
-        --config.model.checkpoint=<dir|hf://…|gs://…>
+        --config.model.checkpoint=hf://RLinf/RLinf-Pi05-ManiSkill-25Main-SFT
     python -m pirl.train --config=configs/maniskill_ppo.py:shrink --workdir=runs/maniskill_tiny
 
 Arguments (comma-separated): pi05; shrink (tiny random model, few envs, 64² renders, and
@@ -14,8 +14,11 @@ On a GPU machine ``--config.env.backend=gpu`` simulates each worker's envs as on
 ManiSkill env (the reference's setup); ``--config.env.reward_mode=dense`` swaps the success reward
 for the task's shaped one. The controller is the scene's registered one (``env.control_mode``).
 
-A real run must name its starting weights with ``--config.model.checkpoint`` (the reference starts
-from a few-shot SFT checkpoint) and needs ManiSkill's bridge_v2_real2sim assets (MS_ASSET_DIR).
+A real run must name its starting weights with ``--config.model.checkpoint`` and needs ManiSkill's
+bridge_v2_real2sim assets (MS_ASSET_DIR). The reference's table starts from its few-shot SFT
+checkpoints hf://RLinf/RLinf-Pi0-ManiSkill-25Main-SFT (π0) and hf://RLinf/RLinf-Pi05-ManiSkill-25Main-SFT
+(π0.5); its RL results are published as …-RL-FlowNoise / …-RL-FlowSDE, which carry their critic
+(loaded when it fits policy.value_hidden).
 Only the action expert, projections and heads train, as in the reference; see
 configs/libero_ppo.py for full fine-tuning with FSDP.
 """

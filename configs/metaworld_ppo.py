@@ -1,11 +1,11 @@
 """PPO on MetaWorld MT50 or ML45 (train tasks), Flow-SDE or Flow-Noise, π0 or π0.5.
 
     python -m pirl.train --config=configs/metaworld_ppo.py:benchmark=mt50 --workdir=runs/mt50_ppo \\
-        --config.model.checkpoint=<dir|hf://…|gs://…>
+        --config.model.checkpoint=hf://RLinf/RLinf-Pi0-MetaWorld-SFT
     python -m pirl.train --config=configs/metaworld_ppo.py:benchmark=mt50,noise=flow_noise \\
-        --workdir=runs/mt50_ppo_noise --config.model.checkpoint=<dir|hf://…|gs://…>
+        --workdir=runs/mt50_ppo_noise --config.model.checkpoint=hf://RLinf/RLinf-Pi0-MetaWorld-SFT
     python -m pirl.train --config=configs/metaworld_ppo.py:benchmark=ml45,pi05 --workdir=runs/ml45_ppo_pi05 \\
-        --config.model.checkpoint=<dir|hf://…|gs://…>
+        --config.model.checkpoint=hf://RLinf/RLinf-Pi05-MetaWorld-SFT
     python -m pirl.train --config=configs/metaworld_ppo.py:benchmark=mt50,shrink --workdir=runs/mt50_tiny
 
 ML45's held-out evaluation (the reference: the 5 test tasks, 100 episodes, 160 steps):
@@ -16,8 +16,10 @@ ML45's held-out evaluation (the reference: the 5 test tasks, 100 episodes, 160 s
 Arguments (comma-separated): benchmark=mt50|ml45 (default mt50); noise=sde|flow_noise (default
 sde); pi05; shrink (tiny random model, few envs, 64² renders; needs no checkpoint).
 
-A real run must name its starting weights with ``--config.model.checkpoint`` (the reference starts
-from a few-shot SFT checkpoint). Only the action expert, projections and heads train, as in the
+A real run must name its starting weights with ``--config.model.checkpoint``. The reference's table
+starts from its few-shot SFT checkpoints hf://RLinf/RLinf-Pi0-MetaWorld-SFT (π0) and
+hf://RLinf/RLinf-Pi05-MetaWorld-SFT (π0.5); its RL results are published as …-RL-FlowSDE /
+…-RL-FlowNoise (with their critic). Only the action expert, projections and heads train, as in the
 reference; see configs/libero_ppo.py for full fine-tuning with FSDP.
 """
 

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from pirl import cli, experiment, launch, rollout, runsetup, sharding
+from pirl import checkpoints, cli, experiment, launch, rollout, runsetup, sharding
 from pirl.envs import metaworld, video
 from pirl.envs import pool as pool_lib
 
@@ -169,16 +169,23 @@ class Evaluator:
 
 def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
     """Evaluates ``params`` (default: the workdir's latest run checkpoint, else model.checkpoint);
-    writes <workdir>/eval/results.json and returns the results."""
+    writes <workdir>/eval/results.json and returns the results.
+
+    A run directory (pirl.train's run.json) is evaluated with the norm stats and conventions its
+    run trained with, whatever model.checkpoint and model.* say."""
+    if params is None and checkpoints.run.is_run(pathlib.Path(workdir)):
+        exp = dataclasses.replace(exp, model=dataclasses.replace(exp.model, checkpoint=str(workdir), asset_id=""))
     setup = runsetup.build(exp)
     if params is None:
-        params = runsetup.place(setup, setup.params)
-        restored = runsetup.restore_run_params(setup, workdir)
+        from_run = setup.start is not None and setup.start.layout == "run"
+        restored = None if from_run else runsetup.restore_run_params(setup, workdir)
         if restored is not None:
-            params, meta = restored
-            if jax.process_index() == 0:
-                ckpt_dir = pathlib.Path(workdir) / "checkpoints"
-                print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
+            params, iteration = restored[0], restored[1]["iteration"]
+        else:
+            params, iteration = runsetup.place(setup, setup.params), setup.start.step if from_run else None
+        if iteration is not None and jax.process_index() == 0:
+            ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+            print(f"evaluating the run checkpoint of iteration {iteration} in {ckpt_dir}")
     out_dir = pathlib.Path(workdir) / "eval"
     evaluator = Evaluator(setup, exp.eval, exp.env)
     try:
@@ -198,7 +205,11 @@ def main(argv):
     launch.initialize(_DISTRIBUTED())
     config = _CONFIG.value
     extra = cli.recipe_sections(config)
-    exp, _ = cli.to_experiment(config, extra)
+    exp, sections = cli.to_experiment(config, extra)
+    warm = pathlib.Path(_WORKDIR.value) / "sft"
+    if "sft" in sections and not exp.model.checkpoint and (warm / "params").is_dir():
+        # A run from before run.json: its warm start's checkpoint holds the norm stats it ran with.
+        exp = dataclasses.replace(exp, model=dataclasses.replace(exp.model, checkpoint=str(warm)))
     launch.check(exp, jax.process_count(), jax.local_device_count(), with_eval=True)
     res = evaluate(exp, _WORKDIR.value)
     if jax.process_index() == 0:

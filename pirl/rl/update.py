@@ -167,7 +167,16 @@ def make_optimizer(config: UpdateConfig, train_labels) -> optax.GradientTransfor
 
 
 def init_train_state(config: UpdateConfig, params) -> TrainState:
+    """Step 0 of ``params``: the trainable leaves become float32 masters (and so do their AdamW
+    moments) whatever dtype they arrive in; frozen leaves are kept as they are."""
     labels = param_labels(config.trainable, params)
+
+    def master(p, label):
+        if label == "frozen" or not jnp.issubdtype(p.dtype, jnp.floating) or p.dtype == jnp.float32:
+            return p
+        return p.astype(jnp.float32)  # numpy stays on the host, jax arrays where they are
+
+    params = jax.tree.map(master, params, labels)
     train, _ = split_params(params, labels)
     train_labels, _ = split_params(labels, labels)
     opt_state = make_optimizer(config, train_labels).init(train)
