@@ -16,3 +16,13 @@ def test_bench_prints_a_row_per_configuration(capsys):
     out = capsys.readouterr().out
     assert all(0 <= r[5] <= 1.05 and 0 <= r[6] <= 1.05 for r in rows)  # time shares of a worker
     assert "steps/s" in out and "efficiency" in out and "run queue" in out and out.count("toy") == 4
+
+
+def test_a_simulator_without_its_assets_is_skipped_with_the_reason(capsys, monkeypatch, tmp_path):
+    from pirl.envs import libero
+
+    monkeypatch.setenv(libero.ASSETS_ENV, str(tmp_path))  # a folder without LIBERO's scenes
+    rows = bench.main(["--sims", "libero", "toy", "--max-procs", "1", "--seconds", "0.2", "--size", "16"])
+    assert {r[0] for r in rows} == {"toy"}
+    out = capsys.readouterr().out
+    assert f"libero     skipped: LIBERO assets dir '{tmp_path}' ($PIRL_LIBERO_ASSETS) has no 'scenes' folder" in out

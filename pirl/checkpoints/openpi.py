@@ -26,6 +26,32 @@ def _params_dir(path: str | pathlib.Path) -> pathlib.Path:
     return validation.openpi_params_dir(remote.resolve_path(path).resolve())
 
 
+def restore_item(
+    path: pathlib.Path,
+    key: str,
+    *,
+    dtype: str | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> dict:
+    """The ``key`` item of the orbax PyTree checkpoint at ``path``, read alone (other items, e.g. a
+    run checkpoint's optimizer state, are not read). numpy arrays, or jax arrays placed with
+    ``sharding``; ``dtype`` casts on read."""
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+        if key not in tree:
+            raise validation.CheckpointError(f"{path} holds no {key!r} item (found {sorted(tree)})")
+        item = {key: tree[key]}
+        if sharding is None:
+            args = ocp.ArrayRestoreArgs(restore_type=np.ndarray, dtype=dtype)
+        else:
+            args = ocp.ArrayRestoreArgs(restore_type=jax.Array, sharding=sharding, dtype=dtype)
+        restore = ocp.args.PyTreeRestore(
+            item=item, restore_args=jax.tree.map(lambda _: args, item), partial_restore=len(tree) > 1
+        )
+        return ckptr.restore(path, restore)[key]
+
+
 def restore_params(
     path: str | pathlib.Path,
     *,
@@ -37,24 +63,7 @@ def restore_params(
     Returns numpy arrays, or jax arrays placed with `sharding` when given (each host reads only
     its shards). `dtype` casts on read (e.g. "bfloat16" for serving); None keeps the stored dtype.
     """
-    path = _params_dir(path)
-    with ocp.PyTreeCheckpointer() as ckptr, validation.reading(path):
-        meta = ckptr.metadata(path)
-        tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
-        if tree is None:
-            raise validation.CheckpointError(
-                f"checkpoint {path} is incomplete or corrupt: its tree metadata cannot be read"
-            )
-        if "params" not in tree:
-            raise validation.CheckpointError(f"checkpoint {path} holds no 'params' item (found {sorted(tree)})")
-        item = {"params": tree["params"]}
-        if sharding is None:
-            args = ocp.ArrayRestoreArgs(restore_type=np.ndarray, dtype=dtype)
-        else:
-            args = ocp.ArrayRestoreArgs(restore_type=jax.Array, sharding=sharding, dtype=dtype)
-        restored = ckptr.restore(
-            path, ocp.args.PyTreeRestore(item=item, restore_args=jax.tree.map(lambda _: args, item))
-        )["params"]
+    restored = restore_item(_params_dir(path), "params", dtype=dtype, sharding=sharding)
     flat = traverse_util.flatten_dict(restored)
     if flat and all(k[-1] == "value" for k in flat):
         flat = {k[:-1]: v for k, v in flat.items()}
@@ -90,7 +99,7 @@ def infer_config(params: dict, **overrides) -> pi0.Pi0Config:
         vocab = llm["embedder"]["input_embedding"].shape[0]
         action_dim = params["action_in_proj"]["kernel"].shape[0]
     except KeyError as e:
-        raise KeyError(f"not a π0/π0.5 parameter tree: missing {e}") from None
+        raise validation.CheckpointError(f"not a π0/π0.5 parameter tree: missing {e}") from None
     vision = siglip.SiglipConfig(v_width, v_depth, v_mlp, v_heads, patch)
     kw = dict(
         pi05="time_mlp_in" in params,
@@ -115,8 +124,8 @@ def load_openpi(path: str | pathlib.Path, **overrides) -> tuple[pi0.Pi0Config, d
     params = restore_params(path)
     try:
         config = infer_config(params, **overrides)
-    except KeyError as e:
-        raise validation.CheckpointError(f"checkpoint {path}: {e.args[0]}") from None
+    except validation.CheckpointError as e:
+        raise validation.CheckpointError(f"checkpoint {path}: {e}") from None
     # Stored dtypes vary (float32, bfloat16): only paths and shapes must match the architecture.
     validation.validate_params(params, pi0.param_shapes(config), check_dtype=False)
     return config, params
