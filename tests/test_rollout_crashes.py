@@ -20,7 +20,9 @@ CHUNKS = 4  # 20 steps / 5-step chunks
 
 def _experiment(stages: int = 1, algorithm: str = "ppo"):
     c = metaworld_ppo.get_config("shrink")
-    c.env.update(sim="toy", task="", num_envs=4, num_workers=2, num_stages=stages, image_size=(16, 16))
+    c.env.update(
+        sim="toy", task="", num_envs=4, num_workers=2, num_stages=stages, image_size=(16, 16), fast_render=False
+    )
     c.policy.action_env_dim = 2
     if algorithm == "grpo":
         c.rl.algorithm = "grpo"
@@ -84,7 +86,7 @@ def test_crashed_episodes_are_absent_from_metrics_and_batch(setup, actor, stages
     assert metrics["env/episodes"] == 2.0
     assert metrics["env/episode_len"] == float(np.mean(traj.episodes["length"]))
     # The batch gives the crashed envs no weight.
-    tg = batch_lib.targets(traj, "ppo", exp.advantage, 1, False, setup.mesh)
+    tg = batch_lib.targets(traj, "ppo", exp.advantage, 1, False, setup.mesh, max_episode_steps=20)
     weights = sharding.to_host(tg.weights)
     assert (weights[:, 2:] == 0).all() and (weights[:, :2] > 0).any()
 
@@ -92,9 +94,13 @@ def test_crashed_episodes_are_absent_from_metrics_and_batch(setup, actor, stages
 def test_a_grpo_group_with_a_crashed_member_is_left_out(setup, actor):
     exp = _experiment(algorithm="grpo")
     traj, _ = _collect(setup, actor, exp, None)
-    whole = sharding.to_host(batch_lib.targets(traj, "grpo", exp.advantage, 2, False, setup.mesh).mask)
+    whole = sharding.to_host(
+        batch_lib.targets(traj, "grpo", exp.advantage, 2, False, setup.mesh, max_episode_steps=20).mask
+    )
     cut = dataclasses.replace(traj, crashed=np.array([False, True, False, False]))
-    mask = sharding.to_host(batch_lib.targets(cut, "grpo", exp.advantage, 2, False, setup.mesh).mask)
+    mask = sharding.to_host(
+        batch_lib.targets(cut, "grpo", exp.advantage, 2, False, setup.mesh, max_episode_steps=20).mask
+    )
     assert whole[:, :2].any() and not mask[:, :2].any()  # group (0, 1) lost env 1: all of it out
     np.testing.assert_array_equal(mask[:, 2:], whole[:, 2:])
 

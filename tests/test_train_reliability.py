@@ -33,6 +33,7 @@ TOY = [
     "--config=configs/metaworld_ppo.py:shrink",
     "--config.env.sim=toy",
     "--config.env.task=",
+    "--config.env.fast_render=False",
     "--config.env.image_size=(16, 16)",
     "--config.policy.action_env_dim=2",
 ]
@@ -40,7 +41,7 @@ TOY = [
 
 def _toy(iterations: int, **train_kw):
     c = metaworld_ppo.get_config("shrink")
-    c.env.update(sim="toy", task="", image_size=(16, 16))
+    c.env.update(sim="toy", task="", image_size=(16, 16), fast_render=False)
     c.policy.action_env_dim = 2
     c.train.update(iterations=iterations, tensorboard=False, **train_kw)
     exp, _ = cli.to_experiment(c)
