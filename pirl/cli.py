@@ -125,18 +125,20 @@ def one_line(e: BaseException) -> str:
 
 
 def exit_now(code: int, grace_s: float = 3.0) -> None:
-    """Exits with ``code``. Library threads that can never finish (orbax's, after a save that
-    failed half-way, wait for a signal that will not come) would hold a normal exit forever: after
-    ``grace_s`` for them to end, the process leaves without them."""
+    """Exits with ``code`` after a failure or an interrupt, without the interpreter's teardown:
+    library threads that can never finish (orbax's, after a save that failed half-way, wait for a
+    signal that will not come) would hold a normal exit forever, and tensorstore reads still in
+    flight after a failed restore print one traceback each when their callbacks meet the closed
+    event loop during teardown. Non-daemon threads get ``grace_s`` to end; everything pirl writes
+    is flushed or closed by then (metrics, logs, checkpoints, worker pools)."""
     sys.stdout.flush()
     sys.stderr.flush()
     deadline = time.monotonic() + grace_s
     for t in threading.enumerate():
         if t is not threading.current_thread() and not t.daemon:
             t.join(max(0.0, deadline - time.monotonic()))
-    if any(t.is_alive() and not t.daemon and t is not threading.current_thread() for t in threading.enumerate()):
-        os._exit(code)
-    sys.exit(code)
+    logging.shutdown()
+    os._exit(code)
 
 
 def _one_line_orbax_errors(record: logging.LogRecord) -> bool:
@@ -148,6 +150,19 @@ def _one_line_orbax_errors(record: logging.LogRecord) -> bool:
     return True
 
 
+def _without_closed_loop_reports(hook):
+    """``sys.unraisablehook`` less the "Event loop is closed" reports of tensorstore reads that
+    complete after a failed restore has closed orbax's event loop (one traceback per read still in
+    flight, after the one line that reports the failure)."""
+
+    def unraisable(report) -> None:
+        if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed":
+            return
+        hook(report)
+
+    return unraisable
+
+
 def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     """``main`` whose user errors print ``error: <message>`` on one line and exit 2 (config) or
     1 (anything else); ``--verbosity=1`` shows the traceback instead. An interrupt exits 130."""
@@ -155,6 +170,7 @@ def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
     def wrapped(argv: list[str]) -> None:
         if flags.FLAGS.verbosity < 1:
             logging.getLogger("absl").addFilter(_one_line_orbax_errors)
+            sys.unraisablehook = _without_closed_loop_reports(sys.unraisablehook)
         try:
             main(argv)
         except KeyboardInterrupt as e:  # Ctrl-C: no traceback; the shell's 128 + signal number

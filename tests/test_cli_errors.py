@@ -112,7 +112,7 @@ def _variant(good: pathlib.Path, tmp: pathlib.Path, kind: str) -> pathlib.Path:
 
 # (broken checkpoint, what the error line must say besides its path)
 CHECKPOINT_CASES = [
-    ("empty", ["holds no params/ directory and no orbax _METADATA", "it is empty"], ""),
+    ("empty", ["no params/ (openpi)", "found an empty directory"], ""),
     ("no_metadata", ["is incomplete: it has no _METADATA file"], "params"),
     ("data_deleted", ["is incomplete or corrupt"], "params"),
     ("data_truncated", ["is incomplete or corrupt"], "params"),

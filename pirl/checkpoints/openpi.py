@@ -36,9 +36,13 @@ def restore_item(
     """The ``key`` item of the orbax PyTree checkpoint at ``path``, read alone (other items, e.g. a
     run checkpoint's optimizer state, are not read). numpy arrays, or jax arrays placed with
     ``sharding``; ``dtype`` casts on read."""
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with ocp.PyTreeCheckpointer() as ckptr, validation.reading(path):
         meta = ckptr.metadata(path)
         tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+        if tree is None:
+            raise validation.CheckpointError(
+                f"checkpoint {path} is incomplete or corrupt: its tree metadata cannot be read"
+            )
         if key not in tree:
             raise validation.CheckpointError(f"{path} holds no {key!r} item (found {sorted(tree)})")
         item = {key: tree[key]}
