@@ -121,7 +121,6 @@ CHECKPOINT_CASES = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("module", ["pirl.train", "pirl.eval"])
 @pytest.mark.parametrize(("kind", "must", "inside"), CHECKPOINT_CASES, ids=[c[0] for c in CHECKPOINT_CASES])
 def test_bad_checkpoints(tmp_path, good_checkpoint, module, kind, must, inside):
