@@ -48,15 +48,21 @@ def set_model(c: ml_collections.ConfigDict, pi05: bool) -> None:
     """Full-size π0 / π0.5 (PaliGemma 2B + Gemma 300M expert, SigLIP So400m/14, 224² images)."""
     c.model.pi05 = pi05
     c.model.tokenizer = "paligemma"
+    # π0.5's prompt without the binned state, BOS + instruction + "\n", as the starting checkpoints
+    # were trained: openpi's pi05_libero (src/openpi/training/config.py) and the reference's
+    # pi05_libero, pi05_maniskill and pi05_metaworld (RLinf rlinf/models/embodiment/openpi/
+    # dataconfig/__init__.py) all set discrete_state_input=False. "on" puts it back.
+    c.model.discrete_state_input = "off" if pi05 else ""
     if pi05:
-        # π0.5 reads the critic off the VLM's prefix outputs (value_after_vlm), with a wider MLP.
+        # π0.5 reads the critic off the VLM's prefix outputs (the reference's π0.5 PPO files set
+        # actor.model.openpi.value_after_vlm: True). Each recipe sets the critic's hidden sizes.
         c.policy.value_source = "vlm" if c.policy.value_source != "none" else "none"
-        c.policy.value_hidden = (1024, 512, 256)
 
 
 def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The same recipe at laptop scale: tiny model (random init, embedded tokenizer, 28² images),
-    2 envs per worker on 2 workers, 64² renders, 20-step episodes, whole-rollout minibatches."""
+    2 envs per worker on 2 workers, 64² renders (MetaWorld's without shadows), 20-step episodes,
+    whole-rollout minibatches."""
     c.model.update(
         paligemma_variant="tiny",
         action_expert_variant="tiny",
@@ -73,6 +79,7 @@ def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.policy.value_hidden = (32, 32)
     group = max(c.env.group_size, 1)
     c.env.update(num_envs=max(4, 2 * group), num_workers=2, image_size=(64, 64), max_steps=20, num_trials=2)
+    c.env.fast_render = c.env.sim == "metaworld"  # no shadows: a CPU renders ~10x faster
     c.env.num_stages = min(c.env.num_stages, 2)
     c.train.update(rollout_epochs=1, iterations=2, save_every=1, eval_every=0, progress=False)
     chunks = -(-c.env.max_steps // c.policy.num_action_chunks)

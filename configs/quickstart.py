@@ -47,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         max_steps=30,
         num_trials=50,
         image_size=(64, 64),
+        fast_render=True,  # no shadows: ~10x faster renders on a CPU
     )
     c.policy.update(num_steps=4, noise_level=0.5, num_action_chunks=5, action_env_dim=4, value_hidden=(64, 64))
     # 32 envs × 6 chunk steps = 192 samples per rollout: two minibatches of 96, 4 epochs. Only the

@@ -33,13 +33,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     common.set_model(c, pi05)
     c.model.checkpoint = f"gs://openpi-assets/checkpoints/{'pi05' if pi05 else 'pi0'}_base"
     c.model.action_horizon = 10 if pi05 else 50
-    c.env.update(sim="metaworld", task=args.get("task", "MT50"), max_steps=150, image_size=(224, 224))
+    # The observations of configs/metaworld_ppo.py, which starts from this checkpoint: 16 no-op steps.
+    c.env.update(sim="metaworld", task=args.get("task", "MT50"), max_steps=150, image_size=(224, 224), warmup_steps=16)
     c.sft.update(num_demos=250, holdout_demos=10, steps=3000, batch_size=32, asset_id="metaworld")
     if args.get("shrink"):
         common.shrink(c)
         # Scripted experts need more than shrink's 20 steps; reach is the quickest task to demo.
         c.env.update(task=args.get("task", "reach-v3"), max_steps=100)
-        if pi05:  # room for the binned state in π0.5's prompt
+        if pi05 and c.model.discrete_state_input == "on":  # room for the binned state
             c.model.max_token_len = 64
         c.sft.update(num_demos=4, holdout_demos=1, steps=100, batch_size=16, lr=1e-3, warmup_steps=10, log_every=20)
     _fit_minibatch(c)

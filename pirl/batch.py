@@ -37,9 +37,15 @@ def targets(
     group_size: int,
     auto_reset: bool,
     mesh: Mesh,
+    *,
+    max_episode_steps: int,
 ) -> Targets:
     """Advantages of one rollout epoch (``advantage``: experiment.AdvantageConfig). Host arrays
-    hold this host's envs on axis 1; they join the other hosts' here."""
+    hold this host's envs on axis 1; they join the other hosts' here.
+
+    Loss weights: with one episode per env, max_episode_steps / the episode's valid env steps
+    (``adv.trajectory_weights``); under auto-reset 1 on every valid sample, as the reference, which
+    builds no loss mask there."""
 
     def glob(x):
         return sharding.host_to_global(mesh, x, axis=-1)
@@ -62,8 +68,10 @@ def targets(
         returns = jnp.zeros_like(rewards)
         if advantage.filter_groups:
             mask = mask & adv.grpo_filter(scores, group_size, advantage.filter_low, advantage.filter_high)[None]
-    # Auto-reset rollouts have no single trajectory per env to re-weight.
-    weights = mask.astype(jnp.float32) if auto_reset else adv.trajectory_weights(mask)
+    if auto_reset:
+        weights = mask.astype(jnp.float32)
+    else:
+        weights = adv.trajectory_weights(mask, glob(traj.steps), max_episode_steps)
     return Targets(advantages=jnp.where(mask, a, 0.0), returns=returns, weights=weights, mask=mask)
 
 
@@ -84,9 +92,14 @@ def to_batch(
     group_size: int,
     auto_reset: bool,
     mesh: Mesh,
+    *,
+    max_episode_steps: int,
 ) -> tuple[upd.Batch, dict[str, float]]:
     """All rollout epochs as one flat, batch-sharded Batch, and rollout metrics."""
-    tg = [targets(t, algorithm, advantage, group_size, auto_reset, mesh) for t in trajs]
+    tg = [
+        targets(t, algorithm, advantage, group_size, auto_reset, mesh, max_episode_steps=max_episode_steps)
+        for t in trajs
+    ]
     a = jnp.stack([t.advantages for t in tg])  # [R, T, N]
     mask = jnp.stack([t.mask for t in tg])
     if algorithm == "ppo" and advantage.normalize:

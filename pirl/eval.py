@@ -22,16 +22,19 @@ import jax
 import numpy as np
 from absl import flags
 
-from pirl import cli, experiment, launch, rollout, runsetup, sharding
+from pirl import checkpoints, cli, experiment, launch, rollout, runsetup, sharding
 from pirl.envs import metaworld, video
 from pirl.envs import pool as pool_lib
 
 
-def eval_init_ids(num_tasks: int, tasks: tuple[int, ...], num_trials: int) -> np.ndarray:
-    """Every (task, trial) of the evaluated tasks, task-major. [tasks × trials, 2]"""
+def eval_init_ids(num_tasks: int, tasks: tuple[int, ...], num_trials: int, trial_major: bool = False) -> np.ndarray:
+    """Every (task, trial) of the evaluated tasks, task-major, or trial-major (a wave of one env per
+    task then runs each task's trials in order on one env). [tasks × trials, 2]"""
     chosen = tasks or tuple(range(num_tasks))
     if max(chosen) >= num_tasks:
         raise ValueError(f"eval.tasks {tasks} exceeds the {num_tasks} tasks")
+    if trial_major:
+        return np.array([(t, k) for k in range(num_trials) for t in chosen], np.int64)
     return np.array([(t, k) for t in chosen for k in range(num_trials)], np.int64)
 
 
@@ -103,13 +106,8 @@ class Evaluator:
     """An eval pool and actor, kept for periodic evaluation during training."""
 
     def __init__(self, setup: runsetup.Setup, section: experiment.EvalSection, env: experiment.EnvSection):
-        self.section = section
-        self.factory = experiment.sim_factory(
-            dataclasses.replace(env, auto_reset=False, num_stages=1),
-            max_steps=section.max_steps or env.max_steps,
-            num_trials=section.num_trials,
-            warmup_steps=section.warmup_steps,
-        )
+        self.section = section = experiment.resolve_eval(section, env)
+        self.factory = experiment.eval_sim_factory(env, section)
         self.names = experiment.task_names(self.factory)
         pool_env = dataclasses.replace(env, auto_reset=False, num_stages=1)
         # On several hosts each runs its share of the eval envs and of every wave's episodes.
@@ -127,7 +125,10 @@ class Evaluator:
         replan = section.replan or setup.exp.policy.num_action_chunks
         self.num_chunks = math.ceil(self.spec.max_steps / replan)
         self.actor = runsetup.make_actor(setup, self.spec, action_chunk=replan)
-        self.ids = eval_init_ids(self.spec.num_tasks, section.tasks, section.num_trials)
+        # openpi's LIBERO protocol: the env of each task runs its trials in order (its seeding).
+        self.ids = eval_init_ids(
+            self.spec.num_tasks, section.tasks, section.num_trials, section.protocol == "openpi_libero"
+        )
         self.local_ids = host_share(self.ids, section.num_envs, self.hosts, self.host)
 
     def run(self, params, video_dir: str | None = None) -> dict:
@@ -169,16 +170,23 @@ class Evaluator:
 
 def evaluate(exp: experiment.Experiment, workdir: str, params=None) -> dict:
     """Evaluates ``params`` (default: the workdir's latest run checkpoint, else model.checkpoint);
-    writes <workdir>/eval/results.json and returns the results."""
+    writes <workdir>/eval/results.json and returns the results.
+
+    A run directory (pirl.train's run.json) is evaluated with the norm stats and conventions its
+    run trained with, whatever model.checkpoint and model.* say."""
+    if params is None and checkpoints.run.is_run(pathlib.Path(workdir)):
+        exp = dataclasses.replace(exp, model=dataclasses.replace(exp.model, checkpoint=str(workdir), asset_id=""))
     setup = runsetup.build(exp)
     if params is None:
-        params = runsetup.place(setup, setup.params)
-        restored = runsetup.restore_run_params(setup, workdir)
+        from_run = setup.start is not None and setup.start.layout == "run"
+        restored = None if from_run else runsetup.restore_run_params(setup, workdir)
         if restored is not None:
-            params, meta = restored
-            if jax.process_index() == 0:
-                ckpt_dir = pathlib.Path(workdir) / "checkpoints"
-                print(f"evaluating the run checkpoint of iteration {meta['iteration']} in {ckpt_dir}")
+            params, iteration = restored[0], restored[1]["iteration"]
+        else:
+            params, iteration = runsetup.place(setup, setup.params), setup.start.step if from_run else None
+        if iteration is not None and jax.process_index() == 0:
+            ckpt_dir = pathlib.Path(workdir) / "checkpoints"
+            print(f"evaluating the run checkpoint of iteration {iteration} in {ckpt_dir}")
     out_dir = pathlib.Path(workdir) / "eval"
     evaluator = Evaluator(setup, exp.eval, exp.env)
     try:
@@ -198,7 +206,11 @@ def main(argv):
     launch.initialize(_DISTRIBUTED())
     config = _CONFIG.value
     extra = cli.recipe_sections(config)
-    exp, _ = cli.to_experiment(config, extra)
+    exp, sections = cli.to_experiment(config, extra)
+    warm = pathlib.Path(_WORKDIR.value) / "sft"
+    if "sft" in sections and not exp.model.checkpoint and (warm / "params").is_dir():
+        # A run from before run.json: its warm start's checkpoint holds the norm stats it ran with.
+        exp = dataclasses.replace(exp, model=dataclasses.replace(exp.model, checkpoint=str(warm)))
     launch.check(exp, jax.process_count(), jax.local_device_count(), with_eval=True)
     res = evaluate(exp, _WORKDIR.value)
     if jax.process_index() == 0:

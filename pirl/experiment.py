@@ -37,8 +37,13 @@ class ModelSpec:
       Without a checkpoint the norm stats are the identity.
     tokenizer: "paligemma" (downloaded once), "embedded" (built in-process, for small models), or
       a SentencePiece .model path.
-    discrete_state_input: "" the model's default (π0.5: the binned state goes into the prompt;
-      π0: a continuous state token), "on" or "off" to choose (π0 cannot take "on").
+    discrete_state_input: whether π0.5's prompt carries the binned state
+      ("Task: …, State: …;\\nAction: ") or is openpi's plain BOS + instruction + "\\n". "" the
+      model's default (openpi's Pi0Config: on for π0.5; π0 has a continuous state token instead),
+      "on" or "off" to choose (π0 cannot take "on"). A checkpoint is only right with the convention
+      it was trained with: openpi's pi05_libero and the reference's π0.5 LIBERO, ManiSkill and
+      MetaWorld checkpoints use "off" (their recipes here set it). This is the field to set from a
+      checkpoint's own config where it records the convention.
     """
 
     pi05: bool = False
@@ -96,9 +101,14 @@ class EnvSection:
     group_size: GRPO's G: G consecutive envs start from the same init state.
     tasks: restrict training to these task ids (empty: all).
     reward_mode: "" the success reward of the sim; "dense" the task's shaped reward (MetaWorld,
-      ManiSkill; ManiSkill also "normalized_dense").
-    control_mode, backend: ManiSkill only. control_mode "" is the task's registered controller;
-      backend "gpu" simulates each worker's envs as one CUDA-batched env.
+      ManiSkill; ManiSkill also "normalized_dense", and "grasp" the reference's grasp-and-place
+      reward, ``maniskill.GraspReward``).
+    control_mode, backend, finish_chunks: ManiSkill only. control_mode "" is the task's registered
+      controller; backend "gpu" simulates each worker's envs as one CUDA-batched env;
+      finish_chunks keeps executing the rest of a chunk after an episode ends, counting those
+      steps' rewards, as the reference's ManiSkill rollouts do (``pool.PoolConfig``).
+    fast_render: MetaWorld only: no shadows or multisampling (~10× faster on CPU renderers, but not
+      the images the reference's checkpoints were trained on; ``metaworld.MetaWorldConfig``).
     """
 
     sim: str = "metaworld"
@@ -121,21 +131,25 @@ class EnvSection:
     control_mode: str = ""
     reward_mode: str = ""
     backend: str = "cpu"
+    finish_chunks: bool = False
+    fast_render: bool = False
 
     def __post_init__(self):
         if self.sim not in SIMS:
             raise ValueError(f"env.sim must be one of {SIMS}, got {self.sim!r}")
         if self.sim != "maniskill":
-            for name, unset in (("control_mode", ""), ("backend", "cpu")):
+            for name, unset in (("control_mode", ""), ("backend", "cpu"), ("finish_chunks", False)):
                 if getattr(self, name) != unset:
                     raise ValueError(f"env.{name} applies to ManiSkill only (env.sim={self.sim!r})")
+        if self.sim != "metaworld" and self.fast_render:
+            raise ValueError(f"env.fast_render applies to MetaWorld only (env.sim={self.sim!r})")
         if self.sim in ("libero", "toy") and self.reward_mode:
             raise ValueError(f"env.reward_mode: {self.sim} has only its success reward")
         if self.sim == "metaworld" and self.reward_mode not in ("", "sparse", "dense"):
             raise ValueError(f"env.reward_mode for MetaWorld must be '', 'sparse' or 'dense', got {self.reward_mode!r}")
         if self.backend not in ("cpu", "gpu"):
             raise ValueError(f"env.backend must be 'cpu' or 'gpu', got {self.backend!r}")
-        modes = ("", "sparse", "dense", "normalized_dense")
+        modes = ("", "sparse", "dense", "normalized_dense", "grasp")
         if self.reward_mode not in modes:
             raise ValueError(f"env.reward_mode must be one of {modes}, got {self.reward_mode!r}")
         if self.num_envs % self.num_workers:
@@ -184,6 +198,12 @@ class EvalSection:
     num_trials: init states per task; num_envs in parallel (all hosts together). replan: executed
     actions per chunk (0 = the training chunk). max_steps 0 = the env section's. seed fixes the
     sampling noise.
+    protocol "openpi_libero": openpi's LIBERO evaluation (examples/libero/main.py ``eval_libero``),
+    whatever the recipe's RL settings: replan 5, 10 no-op wait steps, its per-suite step limits
+    (``libero.OPENPI_MAX_STEPS``: spatial 220, object 280, goal 300, 10 520, 90 400), 50 trials,
+    256² renders, and its seeding: numpy seeded with 7 when a task starts, then trials 0..49 run in
+    order on one env, each reset drawing on from the last. So each evaluated task gets one env (and
+    one worker) that runs its trials in order (``resolve_eval``); num_envs/num_workers are set so.
     """
 
     num_envs: int = 8
@@ -195,18 +215,18 @@ class EvalSection:
     replan: int = 0
     seed: int = 7
     videos: bool = False
-    protocol: str = ""  # "openpi_libero": replan 5, 10 warm-up no-ops, per-suite max steps, 50 trials, seed 7
+    protocol: str = ""
 
     def __post_init__(self):
         if self.protocol not in ("", "openpi_libero"):
             raise ValueError(f"eval.protocol must be '' or 'openpi_libero', got {self.protocol!r}")
         if self.protocol == "openpi_libero":
             for name, value in (
-                ("replan", 5),
-                ("warmup_steps", 10),
+                ("replan", libero.OPENPI_REPLAN_STEPS),
+                ("warmup_steps", libero.OPENPI_WAIT_STEPS),
                 ("max_steps", -1),
-                ("num_trials", 50),
-                ("seed", 7),
+                ("num_trials", libero.OPENPI_TRIALS),
+                ("seed", libero.OPENPI_SEED),
             ):
                 object.__setattr__(self, name, value)
         if self.num_envs % self.num_workers:
@@ -282,6 +302,8 @@ def check(exp: Experiment) -> None:
             f"policy.num_action_chunks={exp.policy.num_action_chunks} exceeds model.action_horizon="
             f"{model.action_horizon}"
         )
+    if exp.eval.protocol == "openpi_libero" and exp.env.sim != "libero":
+        raise ValueError(f"eval.protocol='openpi_libero' evaluates LIBERO, but env.sim={exp.env.sim!r}")
     if exp.rl.algorithm == "grpo" and exp.env.group_size < 2:
         raise ValueError("GRPO needs env.group_size >= 2 (envs per group sharing an init state)")
     if exp.rl.algorithm == "ppo" and exp.policy.value_source == "none":
@@ -332,6 +354,7 @@ def sim_factory(
             warmup_steps=warmup,
             seed=env.seed,
             reward="dense" if env.reward_mode == "dense" else "success",
+            fast_render=env.fast_render,
             **kw,
         )
     if env.sim == "libero":
@@ -361,6 +384,39 @@ def sim_factory(
     return toy.ToyConfig(num_trials=trials, max_steps=steps, image_size=env.image_size[0])
 
 
+def resolve_eval(section: EvalSection, env: EnvSection) -> EvalSection:
+    """The eval section as it runs: under protocol "openpi_libero" one env and one worker per
+    evaluated task, so that each env runs its task's trials in order, as openpi's script does
+    (its scenes depend on that order, see ``libero.LiberoConfig.seed_every_reset``)."""
+    if section.protocol != "openpi_libero":
+        return section
+    n = len(section.tasks) or len(libero.suite_tasks(env.task))
+    return dataclasses.replace(section, num_envs=n, num_workers=n)
+
+
+def eval_sim_factory(env: EnvSection, section: EvalSection):
+    """The simulator config of evaluation: the env section's with the eval section's step limit,
+    trials and warm-up; under protocol "openpi_libero" also openpi's step limits, seeding and
+    render size (examples/libero/main.py)."""
+    factory = sim_factory(
+        dataclasses.replace(env, auto_reset=False, num_stages=1),
+        max_steps=section.max_steps or env.max_steps,
+        num_trials=section.num_trials,
+        warmup_steps=section.warmup_steps,
+    )
+    if section.protocol == "openpi_libero":
+        size = libero.OPENPI_RESOLUTION
+        factory = dataclasses.replace(
+            factory,
+            limits="openpi",
+            max_steps=None,
+            seed=libero.OPENPI_SEED,
+            seed_every_reset=False,
+            image_size=(size, size),
+        )
+    return factory
+
+
 def pool_config(
     env: EnvSection,
     *,
@@ -375,8 +431,9 @@ def pool_config(
     per_worker = (num_envs or env.num_envs) // workers
     gl = env.gl or None
     if gl is None and env.render and env.sim in ("metaworld", "libero"):
-        # MuJoCo renders headless through EGL (fast) with one context per process, else OSMesa.
-        gl = "egl" if per_worker == 1 else "osmesa"
+        # MuJoCo renders headless through EGL (on the GPU where there is one); every sim draws in
+        # its own context, so a worker may hold several.
+        gl = "egl"
     return pool.PoolConfig(
         num_workers=workers,
         envs_per_worker=per_worker,
@@ -386,6 +443,7 @@ def pool_config(
         gl=gl,
         timeout_s=env.timeout_s,
         env_offset=env_offset,
+        finish_chunks=env.finish_chunks,
     )
 
 

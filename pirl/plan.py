@@ -282,7 +282,6 @@ def plan_one(
 
     n_samples = experiment.rollout_samples(exp)
     batch = abstract_batch(exp, model, params, n_samples)
-    batch_sh = jax.tree.map(lambda _: data_sh, batch)
     # to_batch stacks the R rollout epochs' [T, N] trajectories (N split over the batch axes).
     rtn = (exp.train.rollout_epochs, experiment.chunk_steps(exp), exp.env.num_envs)
     stacked_sh = NamedSharding(mesh, PartitionSpec(None, None, sharding.BATCH_AXES))
@@ -290,9 +289,6 @@ def plan_one(
     flatten = _temp(batch_lib._flattener(mesh).lower(stacked).compile())
     step = upd.jit_update(exp.policy, model, exp.rl, mesh, state_sh)
     compiled = step.lower(state, batch, key).compile()
-    mem = compiled.memory_analysis()
-    opt_tree = (state.opt_state, state.step, state.skipped)
-    opt_sh = (state_sh.opt_state, state_sh.step, state_sh.skipped)
     platform = devices[0].platform
     return Row(
         devices=n,
@@ -300,18 +296,31 @@ def plan_one(
         platform=platform,
         rollout_rows=rollout_rows,
         eval_rows=eval_rows,
-        params=bytes_per_device(state.params, state_sh.params),
-        optimizer=bytes_per_device(opt_tree, opt_sh),
-        buffer=bytes_per_device(batch, batch_sh),
         sample=sample,
         kv=kv_cache_bytes(model, rollout_rows),
         eval=evaluation,
         flatten=flatten,
-        update=int(mem.temp_size_in_bytes),
-        update_args=int(mem.argument_size_in_bytes),
         budget=int(memory_gb * GIB),
         compile_s=time.perf_counter() - t0,
+        **update_bytes(mesh, state, state_sh, batch, compiled),
     )
+
+
+def update_bytes(mesh, state: upd.TrainState, state_sh, batch: upd.Batch, compiled) -> dict[str, int]:
+    """Per-device bytes of the update phase: params and optimizer (placed by ``state_sh``), the
+    rollout buffer (split over the batch axes), and the compiled update's scratch and argument
+    sizes. Their sum params + optimizer + buffer + update is the plan's update phase."""
+    mem = compiled.memory_analysis()
+    data_sh = sharding.batch_sharding(mesh)
+    opt_tree = (state.opt_state, state.step, state.skipped)
+    opt_sh = (state_sh.opt_state, state_sh.step, state_sh.skipped)
+    return {
+        "params": bytes_per_device(state.params, state_sh.params),
+        "optimizer": bytes_per_device(opt_tree, opt_sh),
+        "buffer": bytes_per_device(batch, jax.tree.map(lambda _: data_sh, batch)),
+        "update": int(mem.temp_size_in_bytes),
+        "update_args": int(mem.argument_size_in_bytes),
+    }
 
 
 def advice(row: Row, exp: experiment.Experiment) -> str:

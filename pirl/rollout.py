@@ -123,8 +123,10 @@ class Trajectory:
     """One rollout epoch: T chunk steps × N envs, device arrays with leading axes [T, N].
 
     ``dones[t]``: the episode ended during chunk t; ``valid[t]``: chunk t was executed (up to and
-    including the first done). ``final_values``: V(last obs of an episode cut at chunk t) under
-    auto-reset (bootstrap), else zeros; ``last_values``: V(obs after chunk T − 1) [N].
+    including the first done); ``steps[t]``: env steps executed in chunk t (the chunk size, fewer
+    where an episode ended, 0 after). ``values``: the policy's rollout value of each chunk's
+    observation (``flow.PolicySample.value``). ``final_values``: V(last obs of an episode cut at
+    chunk t) under auto-reset (bootstrap), else zeros; ``last_values``: V(obs after chunk T − 1) [N].
     """
 
     inputs: dict
@@ -135,6 +137,7 @@ class Trajectory:
     dones: np.ndarray  # [T, N]
     truncated: np.ndarray  # [T, N]
     valid: np.ndarray  # [T, N]
+    steps: np.ndarray  # [T, N] int32
     final_values: np.ndarray  # [T, N]
     last_values: np.ndarray  # [N]
     episodes: dict[str, np.ndarray]  # per finished episode: success_once, return, length, task
@@ -205,6 +208,7 @@ def collect(
             host["dones"][t, r] = res.done | res.crashed
             host["truncated"][t, r] = res.truncated.any(axis=1) & ~res.terminated.any(axis=1)
             host["valid"][t, r] = valid_steps.any(axis=1) & ~res.crashed
+            host["steps"][t, r] = valid_steps.sum(axis=1)
             env_steps += int(valid_steps.sum())
             # Without auto-reset a finished env keeps reporting done: count its episode once.
             ended = (res.done | res.reset_now) & ~res.crashed & ~counted[r]
@@ -250,6 +254,7 @@ def collect(
         dones=host["dones"],
         truncated=host["truncated"],
         valid=host["valid"],
+        steps=host["steps"],
         final_values=final_values,
         last_values=last_values,
         episodes={k: np.concatenate(v) if v else np.zeros(0) for k, v in finished.items()},
@@ -261,7 +266,7 @@ def collect(
 # Keys for value-only passes (bootstrap values), apart from the per-chunk sampling keys.
 _VALUE_KEYS = 2**30
 
-_HOST_FIELDS = {"rewards": np.float32, "dones": bool, "truncated": bool, "valid": bool}
+_HOST_FIELDS = {"rewards": np.float32, "dones": bool, "truncated": bool, "valid": bool, "steps": np.int32}
 
 
 def _take(obs: base.BatchObs, rows: np.ndarray) -> base.BatchObs:

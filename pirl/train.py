@@ -122,6 +122,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     setup = runsetup.build(exp, devices)
+    exp = setup.exp  # the model section as the checkpoint's files give it
     mesh = setup.mesh
     hosts, host = jax.process_count(), jax.process_index()
     launch.check(exp, hosts, mesh.size // hosts)
@@ -163,6 +164,8 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     pool = pool_lib.EnvPool(factory, pool_cfg)
     spec = pool.spec  # as the workers built it (some simulators only know it once created)
     actor = runsetup.make_actor(setup, spec)
+    if is_main:
+        runsetup.write_run_record(setup, workdir, actor.transform)
     evaluator = None
     key = jax.random.key(exp.train.seed)
     last: dict[str, float] = {}
@@ -200,7 +203,13 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
                 recorder.save(f"it{it + 1:05d}")
             t_rollout = time.perf_counter() - t_iter
             b, roll_metrics = batch_lib.to_batch(
-                trajs, exp.rl.algorithm, exp.advantage, exp.env.group_size, exp.env.auto_reset, mesh
+                trajs,
+                exp.rl.algorithm,
+                exp.advantage,
+                exp.env.group_size,
+                exp.env.auto_reset,
+                mesh,
+                max_episode_steps=exp.env.max_steps,
             )
             env_steps = int(sharding.gather_hosts(np.array([sum(t.env_steps for t in trajs)])).sum())
             # time/* are this host's clocks (process 0's are the ones logged); the rest is global.

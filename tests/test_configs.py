@@ -72,7 +72,8 @@ def test_builds_full_and_shrunk(name, arg):
     # Full size: the real model, which needs a checkpoint from the command line.
     assert full.model.paligemma_variant == "gemma_2b" and full.model.tokenizer == "paligemma"
     assert full.model.pi05 == ("pi05" in arg)
-    assert full.train.iterations == 1000 and full.rl.clip_eps == 0.2
+    # runner.max_epochs: 1000 in every reference file but metaworld_45_ppo_openpi.yaml (500).
+    assert full.train.iterations == (500 if "ml45" in arg else 1000) and full.rl.clip_eps == 0.2
     assert (full.advantage.gamma, full.advantage.gae_lambda) == (0.99, 0.95)
 
 
@@ -223,28 +224,86 @@ def test_inconsistent_override_is_rejected():
         cli.to_experiment(c)
 
 
+# Every π0.5 recipe and the checkpoint config it starts from, all with discrete_state_input=False:
+# openpi src/openpi/training/config.py TrainConfig "pi05_libero"; RLinf
+# rlinf/models/embodiment/openpi/dataconfig/__init__.py "pi05_libero", "pi05_maniskill",
+# "pi05_metaworld" (the reference's π0.5 SFT checkpoints).
+PI05_RECIPES = [(n, a) for n, a in COMBOS if "pi05" in a] + [("sft_metaworld", "pi05")]
+
+
+@pytest.mark.parametrize("name,arg", PI05_RECIPES)
+def test_pi05_recipes_leave_the_state_out_of_the_prompt(name, arg):
+    config = importlib.import_module(f"configs.{name}").get_config(arg)
+    exp, _ = cli.to_experiment(config, cli.recipe_sections(config))
+    assert exp.model.pi05 and not exp.model.pi0_config().discrete_state_input
+    assert not experiment.env_transform(exp, ("main",), 4).discrete_state_input
+
+
 def test_discrete_state_input_switch():
-    # π0.5 bins the state into the prompt by default; "off" gives it π0's continuous state token.
-    assert build("libero_ppo", "suite=spatial,pi05").model.pi0_config().discrete_state_input
-    assert not build("libero_ppo", "suite=spatial").model.pi0_config().discrete_state_input
+    # Without the recipes' setting, openpi's Pi0Config default holds: π0.5 bins the state into the
+    # prompt (src/openpi/models/pi0_config.py: discrete_state_input None -> pi05); "on" turns it on.
     from configs import libero_ppo
 
+    assert experiment.ModelSpec(pi05=True).pi0_config().discrete_state_input
+    assert not build("libero_ppo", "suite=spatial").model.pi0_config().discrete_state_input
     c = libero_ppo.get_config("suite=spatial,pi05")
-    c.model.discrete_state_input = "off"
+    c.model.discrete_state_input = "on"
     exp, _ = cli.to_experiment(c)
-    assert not exp.model.pi0_config().discrete_state_input
-    assert not experiment.env_transform(exp, ("main",), 7).discrete_state_input
+    assert exp.model.pi0_config().discrete_state_input
+    assert experiment.env_transform(exp, ("main",), 7).discrete_state_input
     c = libero_ppo.get_config("suite=spatial")
     c.model.discrete_state_input = "on"
     with pytest.raises(cli.ConfigError, match="pi05"):
         cli.to_experiment(c)
 
 
+def test_pi05_libero_prompt_token_ids_are_openpis():
+    """openpi's π0.5 LIBERO prompt (pi05_libero: discrete_state_input=False, so TokenizePrompt in
+    src/openpi/transforms.py passes no state): PaligemmaTokenizer.tokenize in
+    src/openpi/models/tokenizer.py cleans the text (strip, "_" and "\\n" to spaces), then
+    encode(cleaned, add_bos=True) + encode("\\n"), right-padded with 0 to max_token_len (200)."""
+    import numpy as np
+    import sentencepiece
+
+    from pirl.data import norm_stats as ns
+    from pirl.data import transforms
+    from pirl.models import tokenizer
+
+    exp = build("libero_ppo", "suite=spatial,pi05")
+    cfg = experiment.env_transform(exp, ("agentview", "wrist"), 7)
+    proto = tokenizer.embedded_tokenizer_proto()
+    # strip() first, then "_" and "\n" become spaces:
+    instruction = " pick_up the black bowl\nbetween the plate and the ramp and place it on the plate \n"
+    cleaned = "pick up the black bowl between the plate and the ramp and place it on the plate"
+    sp = sentencepiece.SentencePieceProcessor(model_proto=proto)
+    want = sp.encode(cleaned, add_bos=True) + sp.encode("\n")
+    assert want[0] == 2  # BOS
+    stats = {
+        k: ns.NormStats(mean=np.zeros(d), std=np.ones(d), q01=-np.ones(d), q99=np.ones(d))
+        for k, d in (("state", 8), ("actions", 7))
+    }
+    images = {cam: np.zeros((1, 32, 32, 3), np.uint8) for cam in ("agentview", "wrist")}
+    state = np.full((1, 8), 0.3, np.float32)
+    batch = transforms.make_model_inputs(
+        cfg, images, state, [instruction], stats, tokenizer.PaligemmaTokenizer(model_proto=proto)
+    )
+    ids, mask = batch["tokenized_prompt"][0], batch["tokenized_prompt_mask"][0]
+    assert ids.shape == (200,) and mask.sum() == len(want)
+    assert ids[: len(want)].tolist() == want and not ids[len(want) :].any()
+    assert "State" not in sp.decode(ids[: len(want)].tolist())
+
+
 def test_maniskill_env_options_reach_the_sim():
     from configs import maniskill_ppo
 
     full = experiment.sim_factory(build("maniskill_ppo", "").env)
-    assert full.control_mode is None and full.reward_mode == "sparse" and full.backend == "cpu"
+    # The reference's ManiSkill rollouts: grasp-and-place reward, chunks run to their end
+    # (rlinf/envs/maniskill/maniskill_env.py ManiskillEnv._calc_step_reward, chunk_step).
+    assert full.control_mode is None and full.reward_mode == "grasp" and full.backend == "cpu"
+    for arg in ("", "pi05", "shrink"):
+        exp = build("maniskill_ppo", arg)
+        assert experiment.sim_factory(exp.env).reward_mode == "grasp"
+        assert experiment.pool_config(exp.env).finish_chunks
     assert experiment.sim_factory(build("maniskill_ppo", "shrink").env).control_mode == "pd_ee_delta_pose"
     c = maniskill_ppo.get_config("")
     c.env.update(backend="gpu", reward_mode="dense", control_mode="pd_joint_delta_pos")
@@ -256,9 +315,18 @@ def test_maniskill_env_options_reach_the_sim():
         cli.to_experiment(c)
     from configs import libero_ppo, metaworld_ppo
 
+    for field, value in (("backend", "gpu"), ("finish_chunks", True)):
+        c = metaworld_ppo.get_config("benchmark=mt50")
+        c.env[field] = value
+        with pytest.raises(cli.ConfigError, match=f"env.{field} applies to ManiSkill only"):
+            cli.to_experiment(c)
+    c = libero_ppo.get_config("suite=spatial")
+    c.env.fast_render = True
+    with pytest.raises(cli.ConfigError, match=r"env\.fast_render applies to MetaWorld only"):
+        cli.to_experiment(c)
     c = metaworld_ppo.get_config("benchmark=mt50")
-    c.env.backend = "gpu"
-    with pytest.raises(cli.ConfigError, match="ManiSkill only"):
+    c.env.reward_mode = "grasp"
+    with pytest.raises(cli.ConfigError, match="reward_mode"):
         cli.to_experiment(c)
     c = metaworld_ppo.get_config("benchmark=mt50")
     c.env.reward_mode = "dense"  # MetaWorld has a shaped reward too; LIBERO does not

@@ -135,3 +135,68 @@ def test_success_when_the_goal_holds():
         assert out.success and out.terminated and out.reward == 1.0 and not out.truncated
     finally:
         sim.close()
+
+
+def _pool_images(factory, ids, gl: str) -> dict:
+    """The images after a reset of ``ids`` in ONE worker and one no-op step."""
+    with pool.EnvPool(NoJax(factory), pool.PoolConfig(1, len(ids), gl=gl)) as p:
+        p.reset(np.asarray(ids))
+        return p.step_chunk(np.tile(lb.NOOP, (len(ids), 1, 1))).obs.images
+
+
+@pytest.mark.slow
+def test_sims_of_one_worker_render_their_own_scene():
+    """Two sims of different scenes (a libero_spatial and a libero_object task) in one worker: each
+    must draw its own scene, as it would alone, under osmesa and EGL (robosuite draws with the
+    current GL context: the most recently created one, unless each sim makes its own current)."""
+    cfg = lb.LiberoConfig(suite="libero_130", image_size=(32, 32), assets_dir=LIBERO_ASSETS, warmup_steps=0)
+    for gl in ("osmesa", "egl"):
+        together = _pool_images(cfg, [[0, 1], [10, 0]], gl)
+        alone = _pool_images(cfg, [[0, 1]], gl)
+        for cam in ("main", "wrist"):
+            np.testing.assert_array_equal(together[cam][0], alone[cam][0])
+        assert not np.array_equal(together["main"][0], together["main"][1])
+
+
+def _fixtures(sim) -> np.ndarray:
+    """Body positions of the sim's current model: LIBERO places its fixtures there, from numpy's
+    global RNG, on every reset (the init state does not cover them)."""
+    return np.array(sim.env.env.sim.model.body_pos)
+
+
+def test_openpi_seeding_runs_each_tasks_trials_on_one_stream():
+    """openpi examples/libero/main.py eval_libero: per task, _get_libero_env makes the env and calls
+    env.seed(7) (LIBERO: np.random.seed), then episode k runs env.reset() and
+    env.set_init_state(initial_states[k]) with no re-seeding. A sim with seed_every_reset=False
+    must place fixtures exactly so, even with another sim resetting in the same process between
+    its trials."""
+    common = dict(suite="libero_spatial", render=False, assets_dir=LIBERO_ASSETS, warmup_steps=0, seed=7)
+    a = lb.LiberoSim(lb.LiberoConfig(**common, seed_every_reset=False))
+    b = lb.LiberoSim(lb.LiberoConfig(**common, seed_every_reset=False))
+    try:
+        got = []
+        for k in range(2):
+            a.reset(0, k)
+            got.append(_fixtures(a))
+            b.reset(4, k)  # draws from its own stream, between a's resets
+        # openpi's loop, on a fresh env of the same task (no other env in between).
+        task = a.benchmark.get_benchmark_dict()["libero_spatial"]()
+        env = a.env_cls(
+            bddl_file_name=task.get_task_bddl_file_path(0),
+            has_renderer=False,
+            has_offscreen_renderer=False,
+            use_camera_obs=False,
+        )
+        env.seed(7)
+        want = []
+        for k in range(2):
+            env.reset()
+            env.set_init_state(task.get_task_init_states(0)[k])
+            want.append(np.array(env.env.sim.model.body_pos))
+        env.close()
+    finally:
+        a.close()
+        b.close()
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert not np.array_equal(want[0], want[1])  # the second reset drew on: another placement

@@ -44,16 +44,7 @@ def test_scripted_pick_reports_success():
             assert obs.state.shape == (9,) and obs.images == {} and "cube" in text
             ret, out = 0.0, None
             for t in range(50):
-                tcp, cube = u.agent.tcp.pose.p[0].numpy(), u.cube.pose.p[0].numpy()
-                goal = u.goal_site.pose.p[0].numpy()
-                # above the cube, down to it, close the gripper, carry it to the goal
-                target, grip = [(cube + np.array([0, 0, 0.06]), 1), (cube, 1), (tcp, -1), (goal, -1)][
-                    (t >= 12) + (t >= 20) + (t >= 25)
-                ]
-                a = np.zeros(7, np.float32)
-                a[:3] = np.clip((target - tcp) / 0.1, -1, 1)  # ee deltas are scaled to 0.1 m
-                a[6] = grip
-                out = sim.step(a)
+                out = sim.step(_scripted_pick(u, t))
                 ret += out.reward
                 if out.terminated or out.truncated:
                     break
@@ -79,3 +70,115 @@ def test_pickcube_through_pool_renders_and_groups():
         r = p.step_chunk(act)
         assert r.valid.all() and not r.success.any() and not r.crashed.any()
         assert not np.array_equal(r.obs.images["main"], obs2.images["main"])  # the arm moved
+
+
+# The reference's reward (RLinf rlinf/envs/maniskill/maniskill_env.py ManiskillEnv._calc_step_reward,
+# default reward_mode, use_rel_reward): level = 0.1 * is_src_obj_grasped + 0.1 * consecutive_grasp
+# + 1.0 * (success & is_src_obj_grasped), reward = level - previous level (0 after a reset). Its task
+# (rlinf/envs/maniskill/tasks/put_on_in_scene_multi.py evaluate) reports is_src_obj_grasped as "ever
+# grasped this episode" and consecutive_grasp as "ever grasped 5 steps in a row".
+
+
+def test_grasp_reward_from_per_step_grasp_flags():
+    # Grasped at steps 1-6, success at steps 6-7 and lost at 8:
+    #   ever grasped from step 1 (+0.1); 5 in a row at step 5 (+0.1); success while ever grasped at
+    #   step 6 (+1.0), still at 7 (+0), lost at 8 (-1.0).
+    grasped = [0, 1, 1, 1, 1, 1, 1, 0, 0]
+    success = [0, 0, 0, 0, 0, 0, 1, 1, 0]
+    want = [0.0, 0.1, 0.0, 0.0, 0.0, 0.1, 1.0, 0.0, -1.0]
+    r = ms.GraspReward()
+    got = [r.step({"is_grasped": bool(g), "success": bool(s)}) for g, s in zip(grasped, success, strict=True)]
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    # A grasp run broken before 5 steps does not count as held; success without a grasp pays nothing.
+    r.reset()
+    got = [r.step({"is_grasped": g, "success": s}) for g, s in [(1, 0), (1, 0), (0, 0), (1, 0), (0, 1)]]
+    np.testing.assert_allclose(got, [0.1, 0, 0, 0, 1.0], atol=1e-9)
+    r.reset()
+    np.testing.assert_allclose([r.step({"is_grasped": False, "success": True})], [0.0])
+
+
+def test_grasp_reward_from_the_reference_tasks_episode_flags():
+    # The task's own flags are used as they are: levels 0, 0.1, 0.2, 1.2, then success is lost.
+    r = ms.GraspReward()
+    flags = [(0, 0, 0), (1, 0, 0), (1, 1, 0), (1, 1, 1), (1, 1, 0)]
+    got = [r.step({"is_src_obj_grasped": g, "consecutive_grasp": c, "success": s}) for g, c, s in flags]
+    np.testing.assert_allclose(got, [0.0, 0.1, 0.1, 1.0, -1.0], atol=1e-9)
+    with pytest.raises(ValueError, match="is_grasped"):
+        ms.GraspReward().step({"success": True})
+    with pytest.raises(ValueError, match="reward_mode"):
+        ms.ManiSkillConfig(reward_mode="shaped")
+
+
+def _scripted_pick(u, t: int) -> np.ndarray:
+    """Above the cube, down to it, close the gripper, carry it to the goal (ee deltas, 0.1 m)."""
+    tcp, cube = u.agent.tcp.pose.p[0].numpy(), u.cube.pose.p[0].numpy()
+    goal = u.goal_site.pose.p[0].numpy()
+    target, grip = [(cube + np.array([0, 0, 0.06]), 1), (cube, 1), (tcp, -1), (goal, -1)][
+        (t >= 12) + (t >= 20) + (t >= 25)
+    ]
+    a = np.zeros(7, np.float32)
+    a[:3] = np.clip((target - tcp) / 0.1, -1, 1)
+    a[6] = grip
+    return a
+
+
+def test_grasp_reward_on_a_real_pick():
+    """PickCube-v1 reports is_grasped per step: the adapter's rewards must be the level changes of
+    the reference's formula applied to the task's own evaluate() flags, summing to 0.1 + 0.1 + 1.0
+    when the scripted pick grasps, holds and places the cube."""
+    sim = ms.ManiSkillSim(ms.ManiSkillConfig(tasks=("PickCube-v1",), render=False, reward_mode="grasp"))
+    u = sim.env.unwrapped
+    try:
+        sim.reset(0, 0)
+        rewards, want, level, run, ever, held = [], [], 0.0, 0, False, False
+        for t in range(50):
+            out = sim.step(_scripted_pick(u, t))
+            info = u.evaluate()  # PickCube's evaluate is a pure function of the poses
+            g, s = bool(info["is_grasped"][0]), bool(info["success"][0])
+            run = run + 1 if g else 0
+            ever, held = ever or g, held or run >= 5
+            new = 0.1 * ever + 0.1 * held + 1.0 * (s and ever)
+            rewards.append(out.reward)
+            want.append(new - level)
+            level = new
+            if out.terminated or out.truncated:
+                break
+        assert out.success and out.terminated
+        np.testing.assert_allclose(rewards, want, atol=1e-6)
+        assert sum(rewards) == pytest.approx(1.2)
+        assert sorted(np.round(rewards, 6))[-3:] == [0.1, 0.1, 1.0]
+    finally:
+        sim.close()
+
+
+def test_pool_finishes_the_chunk_an_episode_ends_in():
+    """RLinf rlinf/envs/maniskill/maniskill_env.py ManiskillEnv.chunk_step: every env executes all
+    actions of the chunk even after its episode ended, and those steps' rewards count. A scripted
+    PickCube pick, replayed through a pool in chunks, must give the per-step rewards of the same
+    actions stepped straight through in this process (past the success, to the chunk's end)."""
+    cfg = ms.ManiSkillConfig(tasks=("PickCube-v1",), render=False, reward_mode="grasp")
+    sim = ms.ManiSkillSim(cfg)
+    u = sim.env.unwrapped
+    try:
+        sim.reset(0, 0)
+        actions, rewards, end = [], [], None
+        for t in range(50):
+            actions.append(_scripted_pick(u, t))
+            out = sim.step(actions[-1])
+            rewards.append(out.reward)
+            if out.terminated and end is None:
+                end = t + 1  # steps in the episode
+            if end is not None and len(actions) % 4 == 0 and len(actions) > end:
+                break  # the success fell inside this 4-step chunk, which is now complete
+    finally:
+        sim.close()
+    assert end is not None and end % 4, "the pick must end inside a chunk for this test"
+    chunks = np.array(actions, np.float32).reshape(1, -1, 4, 7)
+    with pool.EnvPool(NoJax(cfg), pool.PoolConfig(1, 1, finish_chunks=True)) as p:
+        p.reset(np.array([[0, 0]]))
+        results = [p.step_chunk(chunks[:, c]) for c in range(chunks.shape[1])]
+    got = np.concatenate([r.rewards[0] for r in results])
+    np.testing.assert_allclose(got, rewards, atol=1e-6)
+    last = results[-1]
+    assert last.valid.all() and last.done[0] and last.terminated[0, (end - 1) % 4]
+    assert last.episode_length[0] == len(actions) and last.episode_return[0] == pytest.approx(sum(rewards))

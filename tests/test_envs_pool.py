@@ -60,6 +60,40 @@ def test_group_reset_and_chunk_bookkeeping():
         np.testing.assert_array_equal(r2.episode_length, [5, 6, 5, 6])
 
 
+def test_finish_chunks_executes_the_rest_of_the_chunk():
+    """The reference's chunk_step (RLinf rlinf/envs/maniskill/maniskill_env.py ManiskillEnv.chunk_step)
+    steps every env through all actions of a chunk, whether or not its episode ended on the way,
+    and keeps those steps' rewards; the episode still counts as ended (auto-reset after the chunk)."""
+    for auto_reset in (False, True):
+        with make(toy.ToyConfig(max_steps=20), finish_chunks=True, auto_reset=auto_reset, seed=3) as p:
+            # Start points with |x0|_inf > 0.25: 4/5 of the way there is still outside the 0.05 goal.
+            obs = p.reset(np.array([[0, 1], [0, 2], [1, 0], [1, 3]]))
+            # Envs 0, 2 reach the origin on step 5 of 8 and stay there: the toy pays 1 on every step
+            # at the goal, so steps 6-8 (executed) add 3. Envs 1, 3 stand still.
+            act = drive_actions(obs.state, 5, 8)
+            act[[1, 3]] = 0.0
+            r = p.step_chunk(act)
+            assert r.valid.all()
+            np.testing.assert_array_equal(r.rewards[0], [0, 0, 0, 0, 1, 1, 1, 1])
+            np.testing.assert_array_equal(r.rewards[1], 0)
+            np.testing.assert_array_equal(r.terminated[0], [0, 0, 0, 0, 1, 1, 1, 1])
+            np.testing.assert_array_equal(r.done, [1, 0, 1, 0])
+            np.testing.assert_array_equal(r.episode_return, [4, 0, 4, 0])
+            np.testing.assert_array_equal(r.episode_length, [8, 8, 8, 8])
+            last = r.final_obs if auto_reset else r.obs
+            assert last.images["main"][0, 0, 0, 2] == 8  # the sim took all 8 steps (image: step count)
+            if auto_reset:
+                assert r.reset_now.tolist() == [1, 0, 1, 0] and r.obs.images["main"][0, 0, 0, 2] == 0
+            else:
+                assert not p.step_chunk(act).valid[[0, 2]].any()  # an ended episode stays ended
+    # Without the option the same chunk stops each env at its episode's end.
+    with make(toy.ToyConfig(max_steps=20)) as p:
+        obs = p.reset(np.array([[0, 1], [0, 2], [1, 0], [1, 3]]))
+        r = p.step_chunk(drive_actions(obs.state, 5, 8))
+        np.testing.assert_array_equal(r.valid[0], [1, 1, 1, 1, 1, 0, 0, 0])
+        np.testing.assert_array_equal(r.rewards[0], [0, 0, 0, 0, 1, 0, 0, 0])
+
+
 def test_auto_reset_is_deterministic_and_keeps_final_obs():
     def run():
         with make(toy.ToyConfig(max_steps=3), auto_reset=True, seed=5) as p:

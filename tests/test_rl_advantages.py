@@ -46,32 +46,103 @@ def test_gae_hand_worked():
     np.testing.assert_allclose(ret[:, 1], [1.75, 1.0, 6.0], rtol=1e-6)
 
 
+def test_gae_matches_the_references_loop():
+    # RLinf algorithms/advantages.py compute_gae_advantages_and_returns, as a numpy loop: its dones
+    # have T + 1 slots, slot t + 1 holding the done of chunk t (slot 0: the previous rollout's);
+    #   delta = r[t] + γ·V[t+1]·(1 − d[t+1]) − V[t];  gae = delta + γλ·(1 − d[t+1])·gae;
+    #   returns[t] = gae + V[t];  advantages = returns − V[:-1].
+    rng = np.random.default_rng(0)
+    T, B, gamma, lam = 7, 5, 0.99, 0.95
+    r = rng.normal(size=(T, B))
+    v = rng.normal(size=(T + 1, B))
+    d = rng.random((T, B)) < 0.3
+    ref_dones = np.concatenate([np.zeros((1, B), bool), d])
+    ret, g = np.zeros((T, B)), np.zeros(B)
+    for t in reversed(range(T)):
+        nd = 1.0 - ref_dones[t + 1]
+        g = r[t] + gamma * v[t + 1] * nd - v[t] + gamma * lam * nd * g
+        ret[t] = g + v[t]
+    a, returns = adv.gae(jnp.asarray(r, jnp.float32), jnp.asarray(v, jnp.float32), jnp.asarray(d), gamma, lam)
+    np.testing.assert_allclose(returns, ret, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(a, ret - v[:-1], rtol=1e-5, atol=1e-5)
+
+
 def test_gae_rejects_missing_bootstrap_value():
     with pytest.raises(ValueError, match="T \\+ 1"):
         adv.gae(jnp.zeros((3, 2)), jnp.zeros((3, 2)), jnp.zeros((3, 2), bool), 0.99, 0.95)
 
 
 def test_masks_after_first_done_and_trajectory_weights():
-    # T = 4. env 0 ends at step 1 → valid [1,1,0,0], weight 4/2 = 2 on valid steps;
-    # env 1 never ends → all valid, weight 4/4 = 1; env 2 ends at step 0 → weight 4/1 = 4;
-    # a second done (env 0, step 3) must not revive anything.
+    # T = 4 chunks of 5 env steps, max_episode_steps 20.
+    # env 0 ends in chunk 1 at its 2nd env step → valid [1,1,0,0], 5 + 2 = 7 env steps → 20/7;
+    # env 1 never ends → all valid, 20 env steps → 20/20 = 1;
+    # env 2 ends in chunk 0 at its 3rd env step → 3 env steps → 20/3;
+    # a second done (env 0, chunk 3) must not revive anything.
     d = jnp.array([[0, 0, 1], [1, 0, 0], [0, 0, 0], [1, 0, 1]], bool)
     m = adv.valid_mask(d)
     np.testing.assert_array_equal(m, [[1, 1, 1], [1, 1, 0], [0, 1, 0], [0, 1, 0]])
-    w = adv.trajectory_weights(m)
-    np.testing.assert_allclose(w, [[2, 1, 4], [2, 1, 0], [0, 1, 0], [0, 1, 0]])
-    # Mean over all entries of w·x = mean over envs of per-trajectory means.
-    x = jnp.arange(12.0).reshape(4, 3)
-    per_env = [np.mean([0.0, 3.0]), np.mean([1.0, 4.0, 7.0, 10.0]), 2.0]
-    np.testing.assert_allclose(jnp.mean(w * x), np.mean(per_env), rtol=1e-6)
+    steps = jnp.array([[5, 5, 3], [2, 5, 0], [0, 5, 0], [0, 5, 0]])
+    w = adv.trajectory_weights(m, steps, max_episode_steps=20)
+    a, c = 20 / 7, 20 / 3
+    np.testing.assert_allclose(w, [[a, 1, c], [a, 1, 0], [0, 1, 0], [0, 1, 0]], rtol=1e-6)
 
 
-def test_normalize_over_valid_entries():
-    # valid A = [1, 2, 3]: mean 2, population std √(2/3) = 0.816497; the masked 100 is ignored
-    # and set to 0.
+def _reference_loss_weights(done_step: np.ndarray, chunk: int, n_chunks: int, max_episode_steps: int):
+    """RLinf's loss weights in numpy, as its code computes them: metric_utils.compute_loss_mask
+    (a [n_steps + 1] done vector whose slot 0 is the previous chunk's last done; a step is valid
+    while no done came before it; loss_mask_sum = the valid steps of the env), chunk_level's
+    loss_mask.any over the chunk (actor worker), then losses.compute_ppo_actor_loss's
+    loss_mask_ratio = loss_mask_sum / max_episode_steps and utils.masked_mean_ratio's
+    (x / loss_mask_ratio · mask).mean(). Returns the [T, B] factor multiplying x inside that mean.
+    ``done_step[b]``: the 1-based env step whose action ended env b's episode (0: never)."""
+    n_steps, envs = chunk * n_chunks, len(done_step)
+    dones = np.zeros((n_steps + 1, envs), bool)
+    for b, s in enumerate(done_step):
+        if s:
+            dones[s, b] = True  # done after env step s (1-based) sits at slot s
+    step_mask = (np.cumsum(dones, axis=0) == 0)[:-1]  # [n_steps, B]
+    loss_mask_sum = step_mask.sum(axis=0)  # [B]
+    chunk_mask = step_mask.reshape(n_chunks, chunk, envs).any(axis=1)  # [T, B]
+    return chunk_mask / (loss_mask_sum / max_episode_steps)
+
+
+def test_trajectory_weights_are_the_references_for_the_hand_case():
+    # 5-step chunks, a 240-step limit (48 chunks), an episode that ends at env step 12: chunks 0-2
+    # are valid (5 + 5 + 2 = 12 env steps) and weigh 240 / 12 = 20.0 (chunk steps ÷ valid chunks
+    # would give 48 / 3 = 16.0). A second env ends at step 240 (weight 1.0), a third at step 5.
+    chunk, n_chunks, limit = 5, 48, 240
+    done_step = np.array([12, 240, 5])
+    want = _reference_loss_weights(done_step, chunk, n_chunks, limit)
+    assert want[0, 0] == 20.0 and want[3, 0] == 0.0 and want[0, 1] == 1.0 and want[0, 2] == 48.0
+    # pirl's inputs: chunk-level dones and the env steps executed in each chunk.
+    t = np.arange(n_chunks)[:, None]
+    first, last = t * chunk + 1, t * chunk + chunk
+    dones = jnp.asarray((first <= done_step) & (done_step <= last))
+    steps = jnp.asarray(np.clip(done_step - t * chunk, 0, chunk))
+    mask = adv.valid_mask(dones)
+    w = adv.trajectory_weights(mask, steps, max_episode_steps=limit)
+    np.testing.assert_allclose(w, want, rtol=1e-6)
+    # The policy loss is the mean over all entries of w·x, as masked_mean_ratio's.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(n_chunks, 3)), jnp.float32)
+    np.testing.assert_allclose(
+        losses.weighted_mean(x.reshape(-1), w.reshape(-1)), np.mean(np.asarray(x) * want), rtol=1e-5
+    )
+
+
+def test_normalize_over_valid_entries_unbiased():
+    # valid A = [1, 2, 3]: mean 2, unbiased std √((1 + 0 + 1)/2) = 1 (RLinf algorithms/utils.py
+    # safe_normalize: torch std() is unbiased, eps 1e-5); the masked 100 is ignored and set to 0.
     out = adv.normalize(jnp.array([1.0, 2.0, 3.0, 100.0]), jnp.array([True, True, True, False]))
-    s = np.sqrt(2 / 3) + 1e-5
+    s = 1.0 + 1e-5
     np.testing.assert_allclose(out, [-1 / s, 0.0, 1 / s, 0.0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0.35, 1 / 3, -2.5, 1e-30, 7.77e30])
+def test_normalize_of_equal_advantages_is_exactly_zero(value):
+    # Every valid A − mean(A) is 0; a rounding residue over a 0 + 1e-5 std would not be.
+    a = jnp.full((4, 7), value, jnp.float32)
+    mask = jnp.ones((4, 7), bool).at[0, 0].set(False)
+    assert not np.any(np.asarray(adv.normalize(a, mask)))
 
 
 def test_episode_scores_count_valid_steps_only():
@@ -79,6 +150,22 @@ def test_episode_scores_count_valid_steps_only():
     r = jnp.array([[1.0, 0.0], [0.0, 0.0], [5.0, 1.0]])
     m = jnp.array([[True, True], [True, True], [False, True]])
     np.testing.assert_allclose(adv.episode_scores(r, m), [1.0, 1.0])
+
+
+def test_episode_scores_match_the_references_loop():
+    # RLinf algorithms/utils.py calculate_scores, as a numpy loop over chunk steps backwards with
+    # its T + 1 done slots: scores = scores·(1 − d[t+1]) + r[t], i.e. the rewards up to and
+    # including the chunk of the first done.
+    rng = np.random.default_rng(1)
+    T, B = 9, 6
+    r = rng.random((T, B))
+    d = rng.random((T, B)) < 0.25
+    ref_dones = np.concatenate([np.zeros((1, B), bool), d])
+    scores = np.zeros(B)
+    for t in reversed(range(T)):
+        scores = scores * ~ref_dones[t + 1] + r[t]
+    got = adv.episode_scores(jnp.asarray(r, jnp.float32), adv.valid_mask(jnp.asarray(d)))
+    np.testing.assert_allclose(got, scores, rtol=1e-5)
 
 
 def test_grpo_advantages_unbiased_std_and_filter():
@@ -96,6 +183,37 @@ def test_grpo_advantages_unbiased_std_and_filter():
     np.testing.assert_array_equal(keep, [1] * 4 + [0] * 4 + [1] * 4)
     with pytest.raises(ValueError, match="groups of 5"):
         adv.grpo_advantages(scores, group_size=5)
+
+
+def test_grpo_equal_scores_get_exactly_zero():
+    # RLinf algorithms/advantages.py compute_grpo_advantages: (R − mean)/(std + 1e-6). Every score
+    # of a group of equal scores minus their mean is 0, so their advantage is exactly 0; in float32
+    # the mean of eight 0.35s rounds away from 0.35 and the residue / 1e-6 used to read +0.0289.
+    np.testing.assert_array_equal(adv.grpo_advantages(jnp.full((8,), 0.35, jnp.float32), 8), np.zeros(8))
+    for value in (0.35, 0.1, 1 / 3, -2.5, 1e-30, 7.77e30, 1e38):
+        for dtype in (jnp.float32, jnp.bfloat16, jnp.float16):
+            x = jnp.asarray(value, jnp.float32).astype(dtype)
+            if not np.isfinite(float(x)):
+                continue  # beyond float16's range
+            out = adv.grpo_advantages(jnp.full((8,), x, dtype), 8)
+            assert out.dtype == jnp.float32 and not np.any(np.asarray(out)), (value, dtype)
+    # Integer scores (success counts) alike.
+    assert not np.any(np.asarray(adv.grpo_advantages(jnp.full((4,), 3, jnp.int32), 4)))
+
+
+def test_grpo_advantages_any_magnitude_and_dtype():
+    # [1, −1, 1, −1]·s: mean 0, unbiased std √(4/3)·s → ±s/(√(4/3)·s + 1e-6) (±0.8660254 once
+    # s ≫ 1e-6) for any scale s; at s = 1e30 the squares overflow float32 (1e60) unless the group
+    # is rescaled first.
+    for scale in (1e-3, 1.0, 1e30):
+        got = adv.grpo_advantages(jnp.array([1.0, -1.0, 1.0, -1.0], jnp.float32) * scale, 4)
+        k = scale / (np.sqrt(4 / 3) * scale + 1e-6)
+        np.testing.assert_allclose(got, [k, -k, k, -k], rtol=1e-5)
+    # bfloat16 scores are exact small integers here: the same advantages as float32.
+    scores = jnp.array([1.0, 0, 0, 1, 0, 0, 0, 1])
+    np.testing.assert_allclose(
+        adv.grpo_advantages(scores.astype(jnp.bfloat16), 4), adv.grpo_advantages(scores, 4), rtol=1e-6
+    )
 
 
 def test_policy_loss_clipping_hand_worked():
@@ -149,8 +267,25 @@ def test_value_loss_hand_worked():
     np.testing.assert_allclose(m["explained_variance"], 1 - 602 / 488, rtol=1e-5)
 
 
-def test_entropy_bonus_sign():
-    # coef 0.005, entropies [1, 3] with weights [1, 1] → loss −0.005·2 = −0.01.
-    loss, m = losses.entropy_bonus(jnp.array([1.0, 3.0]), jnp.ones(2), 0.005)
+def test_value_clip_anchor_is_the_rollout_value_hand_case():
+    # The reference's rollout value of a one-step Flow-SDE sample is the critic averaged over the K
+    # steps (RLinf openpi_action_model.py, _sample_actions_with_prefix_cache); compute_ppo_critic_loss
+    # (RLinf algorithms/losses.py) clips around it: prev_values + clamp(values − prev_values, ±0.2).
+    # Step values (0.2, 0.4, 0.6, 0.8) with k* = 3: rollout value (0.2 + 0.4 + 0.6 + 0.8)/4 = 0.5,
+    # not the k* value 0.8. A new value 0.9 with clip 0.2 clips to 0.5 + 0.2 = 0.7; with return 1:
+    #   max(Huber(1 − 0.9), Huber(1 − 0.7)) = max(0.005, 0.045) = 0.045
+    # (around 0.8 it would clip to 0.9 and give 0.005).
+    anchor = float(np.mean([0.2, 0.4, 0.6, 0.8]))
+    assert anchor == 0.5
+    loss, m = losses.value_loss(jnp.array([0.9]), jnp.array([anchor]), jnp.array([1.0]), jnp.ones(1), clip=0.2)
+    np.testing.assert_allclose(loss, 0.5 * 0.3**2, rtol=1e-5)
+    assert float(m["value_clip_ratio"]) == 1.0
+
+
+def test_entropy_bonus_is_an_unweighted_mean_over_valid_samples():
+    # coef 0.005, entropies [1, 3, 100] with weights [1, 3, 0] → mean over the valid two = 2, loss
+    # −0.005·2 = −0.01: the trajectory weights do not enter (RLinf embodied_fsdp_actor_worker.py,
+    # train_micro_batch: masked_mean(entropy, mask=loss_mask)).
+    loss, m = losses.entropy_bonus(jnp.array([1.0, 3.0, 100.0]), jnp.array([1.0, 3.0, 0.0]), 0.005)
     np.testing.assert_allclose(loss, -0.01, rtol=1e-6)
     np.testing.assert_allclose(m["entropy"], 2.0)

@@ -94,12 +94,12 @@ def test_sde_transition_logprob_matches_scipy_elementwise():
     # The chunk-level reduction is the sum over exactly that corner.
     chunk = flow.reduce_logp(_policy(logprob_type="chunk_level"), jnp.asarray(stats.norm.logpdf(x_next, mean, std)))
     np.testing.assert_allclose(chunk, ref.sum(axis=(1, 2)), rtol=1e-5)
-    # Re-scoring the stored transition gives the stored log-prob and value. The two are separately
-    # compiled programs, so XLA may order float ops differently: equal to float32 rounding.
+    # Re-scoring the stored transition gives the stored log-prob. The two are separately compiled
+    # programs, so XLA may order float ops differently: equal to float32 rounding. (The values
+    # differ by design: tests/test_rl_options.py checks both.)
     params, obs, _ = _setup(SDE)
-    lp, ent, value = jax.jit(functools.partial(flow.score, SDE, MODEL))(params, obs, out.transitions)
+    lp, ent, _ = jax.jit(functools.partial(flow.score, SDE, MODEL))(params, obs, out.transitions)
     np.testing.assert_allclose(np.asarray(lp), np.asarray(out.logp), rtol=1e-6, atol=2e-6)
-    np.testing.assert_allclose(np.asarray(value), np.asarray(out.value), rtol=1e-6, atol=1e-7)
     # Gaussian entropy ½·log(2πe·std²) of the one stochastic step.
     np.testing.assert_allclose(ent, 0.5 * np.log(2 * np.pi * np.e * std[:, 0, 0] ** 2), rtol=1e-5)
 
@@ -185,22 +185,52 @@ def test_rescoring_cost(policy, monkeypatch):
     assert lengths.count(K) == (1 if policy.joint_logprob else 0)
 
 
-def test_vlm_value_is_mlp_of_mean_valid_prefix_output():
-    # π0.5-style critic: the value MLP on the mean of the VLM outputs over valid prefix tokens.
+def test_vlm_value_is_mlp_of_mean_prefix_output_over_images_and_all_prompt_slots():
+    # π0.5-style critic, the reference's value_vlm_mode "mean_token" (RLinf openpi_action_model.py,
+    # get_value_from_vlm): the mean VLM output over the image tokens of the cameras in use and ALL
+    # prompt slots, padded ones included; an absent camera's tokens are left out.
     policy = _policy(value_source="vlm", value_hidden=(16, 8))
     params = {"model": pi0.init_params(MODEL, jax.random.key(0))} | flow.init_heads(policy, MODEL, jax.random.key(1))
     obs = pi0.fake_observation(MODEL, B, jax.random.key(2))
     obs = obs.replace(tokenized_prompt_mask=obs.tokenized_prompt_mask.at[:, 5:].set(False))  # padded prompts
+    absent = MODEL.image_keys[-1]
+    obs = obs.replace(image_masks={**obs.image_masks, absent: jnp.zeros((B,), bool)})
     out = jax.jit(functools.partial(flow.sample, policy, MODEL))(params, obs, jax.random.key(3))
     prefix = jax.jit(functools.partial(pi0.prefix_pass, MODEL))(params["model"], obs)
-    mask = np.asarray(prefix.mask)
-    assert not mask.all()
-    pooled = (np.asarray(prefix.out) * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-    h = np.asarray(pooled, np.float64)
+    n_prompt = obs.tokenized_prompt.shape[1]
+    per_image = (prefix.out.shape[1] - n_prompt) // len(MODEL.image_keys)
+    mask = np.concatenate(
+        [np.repeat(np.asarray(obs.image_masks[k])[:, None], per_image, axis=1) for k in MODEL.image_keys]
+        + [np.ones((B, n_prompt), bool)],
+        axis=1,
+    )
+    assert not mask[:, -n_prompt - per_image : -n_prompt].any() and mask[:, -n_prompt:].all()
+    assert not np.asarray(prefix.mask)[:, -n_prompt:].all()  # padded prompt slots, counted anyway
     head = jax.tree.map(lambda x: np.asarray(x, np.float64), params["value_head"])
-    for name in ("dense_0", "dense_1"):
-        h = np.maximum(h @ head[name]["kernel"] + head[name]["bias"], 0.0)
-    ref = (h @ head["out"]["kernel"] + head["out"]["bias"])[:, 0]
+
+    def value(m):
+        h = (np.asarray(prefix.out, np.float64) * m[..., None]).sum(1) / m.sum(1, keepdims=True)
+        for name in ("dense_0", "dense_1"):
+            h = np.maximum(h @ head[name]["kernel"] + head[name]["bias"], 0.0)
+        return (h @ head["out"]["kernel"] + head["out"]["bias"])[:, 0]
+
+    ref = value(mask)
     np.testing.assert_allclose(np.asarray(out.value), ref, rtol=1e-4, atol=1e-6)
+    # Pooling the valid tokens only would give values far outside that tolerance.
+    assert np.min(np.abs(value(np.asarray(prefix.mask)) - ref)) > 1e-4
     # The last layer starts from N(0, 0.02²) with a zero bias: values start near 0.
     assert abs(float(np.std(head["out"]["kernel"])) - 0.02) < 0.01 and not head["out"]["bias"].any()
+
+
+def test_value_head_init_is_the_references():
+    # RLinf rlinf/models/embodiment/modules/value_head.py, ValueHead._init_weights: hidden layers
+    # kaiming_normal_(mode="fan_out", nonlinearity="relu") = N(0, 2 / width), untruncated, zero
+    # biases; the last layer N(0, 0.02²) with a zero bias. π0.5 LIBERO's sizes on a 2048-wide VLM.
+    head = jax.tree.map(np.asarray, critic.init_value_head(jax.random.key(0), 2048, (1024, 512, 256)))
+    for i, width in enumerate((1024, 512, 256)):
+        w = head[f"dense_{i}"]["kernel"]
+        std = np.sqrt(2.0 / width)
+        assert abs(w.std() / std - 1.0) < 0.02, (i, w.std(), std)
+        assert np.abs(w).max() > 3.5 * std  # not truncated at 2σ
+        assert not head[f"dense_{i}"]["bias"].any()
+    assert abs(head["out"]["kernel"].std() / 0.02 - 1.0) < 0.15 and not head["out"]["bias"].any()

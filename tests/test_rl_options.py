@@ -217,9 +217,11 @@ def test_flow_noise_entropy_term_matches_numpy():
         per_step.append(0.5 * np.log(2 * np.pi * np.e * std**2))
     ent = (H_PRIOR + np.sum(per_step, axis=0).sum(axis=(1, 2)) / (C * E)) / (K + 1)  # [B]
     w = np.asarray(batch.weights, np.float64)
-    # Weighted like the other losses: mean of w·entropy (w sums to B here).
-    np.testing.assert_allclose(ent_term, -ENT_CONFIG.entropy_bonus * np.mean(w * ent), rtol=1e-5, atol=1e-7)
+    # A plain mean over the valid samples, not weighted like the policy and value losses (RLinf
+    # embodied_fsdp_actor_worker.py, train_micro_batch: masked_mean(entropy, mask=loss_mask)).
+    np.testing.assert_allclose(ent_term, -ENT_CONFIG.entropy_bonus * ent[w > 0].mean(), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(m["entropy"], ent[w > 0].mean(), rtol=1e-5)
+    assert abs(np.mean(w * ent) - ent[w > 0].mean()) > 1e-4  # the weighted mean would differ
 
 
 def test_flow_noise_entropy_term_hand_worked():
@@ -227,7 +229,7 @@ def test_flow_noise_entropy_term_hand_worked():
     # log-variance at the middle of [log 0.08², log 0.16²], i.e. σ² = 0.08·0.16 = 0.0128.
     #   step entropy  ½·log(2πe·0.0128) = 1.4189385 + ½·ln 0.0128 = 1.4189385 − 2.1791551 = −0.7602166
     #   per sample    (1.4189385 + 4·(−0.7602166)) / 5 = −1.6219279 / 5 = −0.3243856
-    #   loss term     −0.25 · mean(w) · (−0.3243856) = +0.0810964 (mean w = 1)
+    #   loss term     −0.25 · (−0.3243856) = +0.0810964 (every valid sample has the same entropy)
     params = dict(_params(NOISE))
     out = params["noise_head"]["out"]
     params["noise_head"] = {**params["noise_head"], "out": jax.tree.map(jnp.zeros_like, out)}
@@ -249,8 +251,53 @@ def test_chunk_critic_input_pools_only_executed_tokens():
     np.testing.assert_allclose(value, ref, rtol=1e-4, atol=1e-5)
     # Pooling all H tokens gives clearly different values, so the check above can tell them apart.
     assert np.min(np.abs(_np_value(params, action_out, H) - ref)) > 1e-3
-    # The sampler's value is the same head at the stored x_{k*}, t_{k*}.
-    out = _sampler(TOKEN)(params, obs, jax.random.key(11))
-    ks = np.asarray(out.transitions.k)
-    _, action_out = _expert(params["model"], obs, out.transitions.chain[:, 0], jnp.asarray(1.0 - ks / K, jnp.float32))
-    np.testing.assert_allclose(out.value, _np_value(params, action_out, C), rtol=1e-4, atol=1e-5)
+    # The sampler's value pools the same executed-chunk tokens (at every step: see below).
+    out = _sampler(TOKEN)(params, obs, _key_with_k_star(TOKEN, 0))
+    values = _np_chain_values(params, obs, out.transitions.chain, C)
+    np.testing.assert_allclose(out.value, values.mean(axis=0), rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------- 5. rollout value vs update value
+
+
+def _key_with_k_star(policy, k_star):
+    """The first sampling key whose one-step SDE draws ``k_star``."""
+    params, obs = _params(policy), _obs()
+    for seed in range(200):
+        key = jax.random.key(1000 + seed)
+        if int(_sampler(policy)(params, obs, key).transitions.k[0]) == k_star:
+            return key
+    raise AssertionError(f"no key draws k* = {k_star}")
+
+
+def _np_chain_values(params, obs, chain, tokens):
+    """[K, B] critic values at every denoising step of a one-step chain whose stochastic step is
+    k* = 0: x_0, x_1 are stored, the later points follow the ODE x_{k+1} = x_k − v(x_k, t_k)/K."""
+    x = chain[:, 1]
+    _, out0 = _expert(params["model"], obs, chain[:, 0], jnp.ones((B,)))
+    values = [_np_value(params, out0, tokens)]
+    for k in range(1, K):
+        t = jnp.full((B,), 1.0 - k / K)
+        v, action_out = _expert(params["model"], obs, x, t)
+        values.append(_np_value(params, action_out, tokens))
+        x = x - v / K
+    return np.stack(values)
+
+
+VALUE = _policy(logprob_type="chunk_level")
+
+
+def test_rollout_value_is_the_critic_averaged_over_all_denoising_steps():
+    # The reference's rollout value (RLinf openpi_action_model.py, _sample_actions_with_prefix_cache:
+    # values = torch.stack(values, dim=1).mean(dim=-1)) averages the critic over all K denoising
+    # steps, one-step Flow-SDE included; its update (get_log_prob_value with num_steps = 1, then
+    # default_forward's mean over that one entry) regresses the value at the scored step k*.
+    params, obs = _params(VALUE), _obs()
+    out = _sampler(VALUE)(params, obs, _key_with_k_star(VALUE, 0))
+    assert not np.any(np.asarray(out.transitions.k))
+    values = _np_chain_values(params, obs, out.transitions.chain, H)  # [K, B]
+    np.testing.assert_allclose(out.value, values.mean(axis=0), rtol=1e-4, atol=1e-5)
+    _, _, rescored = _scorer(VALUE)(params, obs, out.transitions)
+    np.testing.assert_allclose(rescored, values[0], rtol=1e-4, atol=1e-5)
+    # The two differ by far more than rounding, so the checks above tell them apart.
+    assert np.min(np.abs(values.mean(axis=0) - values[0])) > 1e-3

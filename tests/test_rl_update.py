@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -90,6 +91,7 @@ def test_first_minibatch_ratio_exactly_one_then_learning_and_frozen_bitwise(poli
     assert m["ratio"].shape == (2, 2)  # epochs × minibatches
     # Params are θ_old on the first step and θ_old's log-probs come from that step's own forward:
     # log r = 0 exactly, so r = exp(0) = 1, the valid mean of ones is 1, and nothing is clipped.
+    # θ_old's values (~1e-2 from the N(0, 0.02²) last layer) also lie within 0.2 of the rollout's.
     assert m["ratio"][0, 0] == 1.0 and m["approx_kl"][0, 0] == 0.0
     assert m["clip_fraction"][0, 0] == 0.0 and m["value_clip_ratio"][0, 0] == 0.0
     # The sampler is a separately compiled program: its log-probs agree up to float rounding.
@@ -118,21 +120,26 @@ def test_expert_only_labels():
     assert labels["value_head"]["out"]["kernel"] == "value"
 
 
-def test_recompute_ignores_rollout_logp_and_value_but_reports_their_mismatch():
+def test_recompute_ignores_rollout_logp_but_anchors_value_clipping_on_the_rollout_value():
     params, batch = _rollout()
     state = upd.init_train_state(CONFIG, params)
     ref, ref_m = _plain_update()(state, batch, jax.random.key(5))
     # Shift the rollout's log-probs of valid samples by 0.5 (and one masked sample, weight 0, by
-    # 5.0) and its values by 1.0: the recomputed update never reads them for its loss, so it is
-    # bitwise the same; only the mismatch metric sees the shift, max |Δ| = 0.5 (+ ~1e-6 rounding).
+    # 5.0): the recomputed update never reads them for its loss, so it is bitwise the same; only
+    # the mismatch metric sees the shift, max |Δ| = 0.5 (+ ~1e-6 rounding).
     shift = jnp.full((N,), 0.5).at[0].set(5.0)
-    shifted = batch.replace(logp_old=batch.logp_old + shift, value_old=batch.value_old + 1.0)
-    out, m = _plain_update()(state, shifted, jax.random.key(5))
+    out, m = _plain_update()(state, batch.replace(logp_old=batch.logp_old + shift), jax.random.key(5))
     for a, b in zip(jax.tree.leaves(ref.params), jax.tree.leaves(out.params), strict=True):
         assert np.array_equal(_bits(a), _bits(b))
     for k in ("loss", "ratio", "approx_kl", "value_loss", "value_clip_ratio"):
         np.testing.assert_array_equal(np.asarray(ref_m[k]), np.asarray(m[k]))
     np.testing.assert_allclose(np.asarray(m["logp_recompute_diff"]), 0.5, atol=1e-4)
+    # The value-clip anchor is the rollout's value (RLinf losses.py compute_ppo_critic_loss clips
+    # around prev_values, the rollout's): moved by 1.0 it puts every new value outside the ±0.2
+    # band (clip ratio 1 on the first step, whose values are θ_old's, ~1e-2 from the rollout's).
+    _, m = _plain_update()(state, batch.replace(value_old=batch.value_old + 1.0), jax.random.key(5))
+    assert float(m["value_clip_ratio"][0, 0]) == 1.0 and float(ref_m["value_clip_ratio"][0, 0]) == 0.0
+    assert not np.array_equal(np.asarray(m["value_loss"]), np.asarray(ref_m["value_loss"]))
 
 
 def test_rollout_logp_without_recompute():
@@ -149,7 +156,7 @@ def test_rollout_logp_without_recompute():
     # Only the first step measures the mismatch; |mean Δ| ≤ max |Δ|, and every entry repeats it.
     d = m["logp_recompute_diff"]
     assert np.all(d == d[0, 0]) and abs(m["approx_kl"][0, 0]) <= d[0, 0] < 1e-4
-    # Here the rollout's values and log-probs are what the loss uses: shifting them by 0.5 turns
+    # Here the rollout's log-probs are what the loss uses: shifting them by 0.5 turns
     # the first ratio into exp(−0.5) = 0.6065307 (below 1 − ε = 0.8, so every entry is clipped
     # where A < 0 and the mismatch metric reads 0.5).
     shifted = batch.replace(logp_old=batch.logp_old + 0.5)
@@ -203,6 +210,91 @@ def test_value_head_has_its_own_learning_rate():
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_array_equal(updates["model"]["action_in_proj"]["kernel"], 0.0)
     np.testing.assert_allclose(updates["value_head"]["out"]["kernel"], -0.1, rtol=1e-6)
+
+
+def _hf_cosine_with_min_lr(step: int, total: int, min_lr_rate: float) -> float:
+    """transformers.optimization._get_cosine_schedule_with_warmup_lr_lambda (the min_lr_rate
+    variant behind get_cosine_with_min_lr_schedule_with_warmup, which RLinf's get_lr_scheduler uses
+    for lr_scheduler "cosine"), with num_warmup_steps 0 and num_cycles 0.5, as RLinf's π0.5 recipes."""
+    progress = step / max(1, total)
+    factor = 0.5 * (1.0 + math.cos(math.pi * 0.5 * 2.0 * progress))
+    return max(0.0, factor * (1 - min_lr_rate) + min_lr_rate)
+
+
+def test_cosine_learning_rates_are_the_references():
+    # libero_10_ppo_openpi_pi05.yaml: lr 5e-6, value lr 1e-4, cosine over 1000 iterations to 0.1.
+    #   i = 0: 1;  i = 500: 0.1 + 0.9·½(1 + cos(π/2)) = 0.55;  i = 1000: 0.1
+    cfg = upd.UpdateConfig(lr=5e-6, value_lr=1e-4, lr_schedule="cosine", lr_decay_steps=1000, min_lr_ratio=0.1)
+    for i, hand in ((0, 1.0), (250, None), (500, 0.55), (999, None), (1000, 0.1)):
+        want = _hf_cosine_with_min_lr(i, 1000, 0.1)
+        if hand is not None:
+            assert abs(want - hand) < 1e-12
+        lr, value_lr = upd.learning_rates(cfg, i)
+        np.testing.assert_allclose([float(lr), float(value_lr)], [5e-6 * want, 1e-4 * want], rtol=1e-6)
+    # metaworld_50_ppo_openpi_pi05.yaml: cosine to 0 (min_lr 0.0): ½ at the middle, 0 at the end.
+    to_zero = dataclasses.replace(cfg, min_lr_ratio=0.0)
+    for i in (0, 100, 500, 900, 1000):
+        np.testing.assert_allclose(float(upd.lr_factor(to_zero, i)), _hf_cosine_with_min_lr(i, 1000, 0.0), atol=1e-7)
+    # Constant (every other reference recipe): the same lr at any iteration.
+    assert float(upd.lr_factor(upd.UpdateConfig(), 12345)) == 1.0
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        upd.UpdateConfig(lr_schedule="cosine")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        upd.UpdateConfig(lr_schedule="linear")
+
+
+def test_optimizer_steps_at_the_iterations_learning_rates():
+    # Adam's first step is −lr·sign(g): at iteration 500 of the cosine above both groups move by
+    # exactly −0.55 × their base rate.
+    params = {"model": {"action_in_proj": {"kernel": jnp.ones(3)}}, "value_head": {"out": {"kernel": jnp.ones(2)}}}
+    cfg = upd.UpdateConfig(
+        lr=0.01,
+        value_lr=0.1,
+        weight_decay=0.0,
+        grad_clip=1e9,
+        lr_schedule="cosine",
+        lr_decay_steps=1000,
+        min_lr_ratio=0.1,
+    )
+    tx = upd.make_optimizer(cfg, upd.param_labels("full", params), jnp.asarray(500))
+    grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["model"]["action_in_proj"]["kernel"], -0.01 * 0.55, rtol=1e-5)
+    np.testing.assert_allclose(updates["value_head"]["out"]["kernel"], -0.1 * 0.55, rtol=1e-5)
+
+
+def test_schedule_steps_per_iteration_and_resumes(tmp_path):
+    # 3-iteration cosine to 0.1 with 2 epochs × 2 minibatches = 4 optimizer steps per iteration:
+    # every step of iteration i uses factor(i) = 0.1 + 0.9·½(1 + cos(π·i/3)) = 1, 0.775, 0.325
+    # (RLinf embodied_fsdp_actor_worker.py run_training calls lr_scheduler.step() once, after all
+    # of an iteration's optimizer steps). A run resumed from the checkpoint of iteration 1 applies
+    # the same rates and reaches the same params as the uninterrupted run.
+    from pirl import runstate
+
+    params, batch = _rollout()
+    config = dataclasses.replace(CONFIG, lr_schedule="cosine", lr_decay_steps=3, min_lr_ratio=0.1)
+    step = _plain_update(config)
+    s, lrs = upd.init_train_state(config, params), []
+    states = [s]
+    for i in range(3):
+        s, m = step(s, batch, jax.random.fold_in(jax.random.key(5), i))
+        states.append(s)
+        lrs.append(np.asarray(m["lr"]))
+        np.testing.assert_allclose(np.asarray(m["value_lr"]), np.asarray(m["lr"]) / config.lr * config.value_lr)
+    factors = [1.0, 0.775, 0.325]
+    for got, f in zip(lrs, factors, strict=True):
+        assert got.shape == (2, 2)
+        np.testing.assert_allclose(got, config.lr * f, rtol=1e-6)
+    ckpt = runstate.Checkpointer(tmp_path / "ckpt", async_save=False)
+    ckpt.save(1, states[1], {"iteration": 1})
+    resumed, _ = ckpt.restore(upd.init_train_state(config, params))
+    ckpt.close()
+    assert int(resumed.step) == 1
+    for i in (1, 2):
+        resumed, m = step(resumed, batch, jax.random.fold_in(jax.random.key(5), i))
+        np.testing.assert_array_equal(np.asarray(m["lr"]), lrs[i])
+        for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(states[i + 1].params), strict=True):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_shard_layout_keeps_rows_on_their_shard_and_inverts():

@@ -37,8 +37,9 @@ from pirl.envs import libero, maniskill, metaworld, pool, toy
 LIBERO_ASSETS_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "libero-assets")
 
 
-def make_factory(sim: str, render: bool, size: int):
-    """(factory, action_dim, gl) for one simulator, restricted to a single task."""
+def make_factory(sim: str, render: bool, size: int, backend: str = "cpu"):
+    """(factory, action_dim, gl) for one simulator, restricted to a single task; ``backend`` "gpu"
+    runs ManiSkill's CUDA-batched simulation (one env per worker holding all its envs)."""
     if sim == "toy":  # no simulator: measures the pool's own overhead
         return toy.ToyConfig(max_steps=10**9, image_size=size, cameras=("main",) if render else ()), 2, None
     if sim == "metaworld":
@@ -57,7 +58,7 @@ def make_factory(sim: str, render: bool, size: int):
         return cfg, 7, "egl"
     if sim == "maniskill":
         cfg = maniskill.ManiSkillConfig(
-            tasks=("PickCube-v1",), image_size=(size, size), render=render, max_steps=100_000
+            tasks=("PickCube-v1",), image_size=(size, size), render=render, max_steps=100_000, backend=backend
         )
         return cfg, 7, None
     raise ValueError(f"unknown simulator {sim!r}")
@@ -78,13 +79,13 @@ def _sched_seconds(pid: int) -> np.ndarray:
 
 
 def measure(
-    sim: str, render: bool, procs: int, envs: int, size: int, chunk: int, seconds: float
+    sim: str, render: bool, procs: int, envs: int, size: int, chunk: int, seconds: float, backend: str = "cpu"
 ) -> tuple[float, float, float]:
     """(env steps per second, CPU share, run-queue share) of one pool configuration: the shares
     are the fraction of the wall time an average worker spent running on a core, and waiting
     for one while ready to run. A large run-queue share means the machine had no free core (other
     load); a worker neither running nor waiting was idle, waiting for the main process."""
-    factory, adim, gl = make_factory(sim, render, size)
+    factory, adim, gl = make_factory(sim, render, size, backend)
     cfg = pool.PoolConfig(procs, envs, auto_reset=True, gl=gl if envs == 1 else "osmesa")
     rng = np.random.default_rng(0)
     with pool.EnvPool(factory, cfg) as p:

@@ -5,10 +5,10 @@
     python -m pirl.bench.update --variant=full --trainable=full --compile_only   # memory of a full FT step
 
 Per micro-batch size it prints compile time, the median wall time of the update (one epoch,
-``--accum`` micro-batches per minibatch, ``--minibatches`` optimizer steps), achieved FLOP/s (XLA's
-cost analysis of one micro-step × the number of micro-steps: the analysis counts a loop body once,
-so the whole program's figure would undercount), and memory (XLA's compiled-program analysis; on
-GPU also the allocator's peak).
+``--accum`` micro-batches per minibatch, ``--minibatches`` optimizer steps), achieved FLOP/s (the
+whole update's matrix FLOPs from ``pirl.bench.flops``, every scanned layer and micro-step counted;
+XLA's cost analysis counts a loop body once), and memory (XLA's compiled-program analysis; on GPU
+also the allocator's peak).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from pirl import sharding
+from pirl.bench import flops, timing
 from pirl.models import pi0
 from pirl.rl import flow
 from pirl.rl import update as upd
@@ -56,15 +57,59 @@ def fake_batch(mc: pi0.Pi0Config, policy: flow.FlowPolicyConfig, n: int, rng: ja
     )
 
 
-def micro_step_flops(policy, mc, config, state, batch) -> float:
-    """FLOPs of one micro-batch forward + backward, from XLA's cost analysis."""
-    labels = upd.param_labels(config.trainable, state.params)
-    train, frozen = upd.split_params(state.params, labels)
-    mb = jax.tree.map(lambda x: x[: config.micro_batch_size], batch)
-    grad_fn = jax.value_and_grad(functools.partial(upd._loss, policy, mc, config), has_aux=True)
-    cost = jax.jit(grad_fn).lower(train, frozen, mb).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost.get("flops", 0.0))
+def random_batch(shapes: upd.Batch, model: pi0.Pi0Config, policy: flow.FlowPolicyConfig, rng: jax.Array) -> upd.Batch:
+    """Random data of the given shapes and dtypes (e.g. ``pirl.plan.abstract_batch``'s) that the
+    update accepts: uint8 images, prompt ids below the vocabulary, denoising indices below K,
+    masks and weights 1."""
+    obs, keys = shapes.obs, iter(jax.random.split(rng, 16))
+    tokens = obs.tokenized_prompt
+    images = {
+        k: jax.random.randint(next(keys), v.shape, 0, 256).astype(v.dtype)
+        if v.dtype == jnp.uint8
+        else jax.random.uniform(next(keys), v.shape, v.dtype, -1, 1)
+        for k, v in obs.images.items()
+    }
+    tr = shapes.transitions
+    return upd.Batch(
+        obs=pi0.Observation(
+            images=images,
+            image_masks={k: jnp.ones(v.shape, bool) for k, v in obs.image_masks.items()},
+            state=jax.random.normal(next(keys), obs.state.shape, obs.state.dtype),
+            tokenized_prompt=jax.random.randint(next(keys), tokens.shape, 1, model.vocab_size).astype(tokens.dtype),
+            tokenized_prompt_mask=jnp.ones(tokens.shape, bool),
+        ),
+        transitions=flow.Transitions(
+            chain=jax.random.normal(next(keys), tr.chain.shape, tr.chain.dtype),
+            k=jax.random.randint(next(keys), tr.k.shape, 0, policy.num_steps).astype(tr.k.dtype),
+        ),
+        logp_old=jax.random.normal(next(keys), shapes.logp_old.shape) - 20.0,
+        value_old=jnp.zeros(shapes.value_old.shape),
+        advantages=jax.random.normal(next(keys), shapes.advantages.shape),
+        returns=jnp.ones(shapes.returns.shape),
+        weights=jnp.ones(shapes.weights.shape),
+    )
+
+
+def init_state(policy: flow.FlowPolicyConfig, mc: pi0.Pi0Config, config: upd.UpdateConfig, state_sh) -> upd.TrainState:
+    """A random-init train state (float32 params, as ``pi0.init_params``), placed by ``state_sh``."""
+    init = jax.jit(
+        lambda r: upd.init_train_state(config, {"model": pi0.init_params(mc, r)} | flow.init_heads(policy, mc, r)),
+        out_shardings=state_sh,
+    )
+    return init(jax.random.key(0))
+
+
+def run_updates(compiled, state: upd.TrainState, batch: upd.Batch, warmup: int, repeats: int):
+    """(final state, seconds of each timed update): ``warmup`` + ``repeats`` updates, the state
+    threaded through (each call donates it)."""
+    times = []
+    for i in range(warmup + repeats):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, batch, jax.random.key(i))
+        jax.block_until_ready((state, metrics))
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return state, times
 
 
 def bench_one(args, mc, policy, micro: int, mesh) -> dict:
@@ -82,9 +127,9 @@ def bench_one(args, mc, policy, micro: int, mesh) -> dict:
     batch_shape = jax.eval_shape(functools.partial(fake_batch, mc, policy, n), jax.random.key(1))
     step = upd.jit_update(policy, mc, config, mesh, state_sh)
 
-    t0 = time.perf_counter()
-    compiled = step.lower(state_shape, batch_shape, jax.ShapeDtypeStruct((), jax.random.key(0).dtype)).compile()
-    compile_s = time.perf_counter() - t0
+    traced = step.trace(state_shape, batch_shape, jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
+    count = flops.jaxpr_flops(traced.jaxpr)
+    compiled, compile_s = timing.compile_timed(traced.lower())
     mem = compiled.memory_analysis()
     row = {
         "micro": micro,
@@ -96,25 +141,14 @@ def bench_one(args, mc, policy, micro: int, mesh) -> dict:
     if args.compile_only:
         return row
 
-    init = jax.jit(
-        lambda r: upd.init_train_state(config, {"model": pi0.init_params(mc, r)} | flow.init_heads(policy, mc, r)),
-        out_shardings=state_sh,
-    )
-    state = init(jax.random.key(0))
+    state = init_state(policy, mc, config, state_sh)
     batch = jax.device_put(fake_batch(mc, policy, n, jax.random.key(1)), sharding.batch_sharding(mesh))
-    times = []
-    for i in range(args.warmup + args.repeats):
-        t0 = time.perf_counter()
-        state, metrics = compiled(state, batch, jax.random.key(i))
-        jax.block_until_ready((state, metrics))
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
-    flops = micro_step_flops(policy, mc, config, state, batch) * args.accum * args.minibatches
+    state, times = run_updates(compiled, state, batch, args.warmup, args.repeats)
     stats = jax.devices()[0].memory_stats() or {}
     row |= {
         "median_s": statistics.median(times),
         "samples_per_s": n / statistics.median(times),
-        "tflops": flops / statistics.median(times) / 1e12,
+        "tflops": count.flops / statistics.median(times) / 1e12,
         "peak_gib": stats["peak_bytes_in_use"] / GIB if "peak_bytes_in_use" in stats else float("nan"),
     }
     return row

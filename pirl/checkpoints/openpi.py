@@ -27,8 +27,34 @@ def _params_dir(path: str | pathlib.Path) -> pathlib.Path:
     if (path / "params").is_dir():
         path = path / "params"
     if not path.is_dir():
-        raise FileNotFoundError(f"no openpi checkpoint at {path} (expected a directory with params/)")
+        raise validation.CheckpointError(f"no openpi checkpoint at {path} (expected a directory with params/)")
     return path
+
+
+def restore_item(
+    path: pathlib.Path,
+    key: str,
+    *,
+    dtype: str | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> dict:
+    """The ``key`` item of the orbax PyTree checkpoint at ``path``, read alone (other items, e.g. a
+    run checkpoint's optimizer state, are not read). numpy arrays, or jax arrays placed with
+    ``sharding``; ``dtype`` casts on read."""
+    with ocp.PyTreeCheckpointer() as ckptr:
+        meta = ckptr.metadata(path)
+        tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+        if key not in tree:
+            raise validation.CheckpointError(f"{path} holds no {key!r} item (found {sorted(tree)})")
+        item = {key: tree[key]}
+        if sharding is None:
+            args = ocp.ArrayRestoreArgs(restore_type=np.ndarray, dtype=dtype)
+        else:
+            args = ocp.ArrayRestoreArgs(restore_type=jax.Array, sharding=sharding, dtype=dtype)
+        restore = ocp.args.PyTreeRestore(
+            item=item, restore_args=jax.tree.map(lambda _: args, item), partial_restore=len(tree) > 1
+        )
+        return ckptr.restore(path, restore)[key]
 
 
 def restore_params(
@@ -42,20 +68,7 @@ def restore_params(
     Returns numpy arrays, or jax arrays placed with `sharding` when given (each host reads only
     its shards). `dtype` casts on read (e.g. "bfloat16" for serving); None keeps the stored dtype.
     """
-    path = _params_dir(path)
-    with ocp.PyTreeCheckpointer() as ckptr:
-        meta = ckptr.metadata(path)
-        tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
-        if "params" not in tree:
-            raise KeyError(f"{path} holds no 'params' item (found {sorted(tree)})")
-        item = {"params": tree["params"]}
-        if sharding is None:
-            args = ocp.ArrayRestoreArgs(restore_type=np.ndarray, dtype=dtype)
-        else:
-            args = ocp.ArrayRestoreArgs(restore_type=jax.Array, sharding=sharding, dtype=dtype)
-        restored = ckptr.restore(
-            path, ocp.args.PyTreeRestore(item=item, restore_args=jax.tree.map(lambda _: args, item))
-        )["params"]
+    restored = restore_item(_params_dir(path), "params", dtype=dtype, sharding=sharding)
     flat = traverse_util.flatten_dict(restored)
     if flat and all(k[-1] == "value" for k in flat):
         flat = {k[:-1]: v for k, v in flat.items()}
@@ -91,7 +104,7 @@ def infer_config(params: dict, **overrides) -> pi0.Pi0Config:
         vocab = llm["embedder"]["input_embedding"].shape[0]
         action_dim = params["action_in_proj"]["kernel"].shape[0]
     except KeyError as e:
-        raise KeyError(f"not a π0/π0.5 parameter tree: missing {e}") from None
+        raise validation.CheckpointError(f"not a π0/π0.5 parameter tree: missing {e}") from None
     vision = siglip.SiglipConfig(v_width, v_depth, v_mlp, v_heads, patch)
     kw = dict(
         pi05="time_mlp_in" in params,

@@ -45,6 +45,8 @@ LANGUAGE = VLM + "language_model."
 EXPERT = "paligemma_with_expert.gemma_expert.model."
 EMBED = LANGUAGE + "embed_tokens.weight"
 TIED_HEAD = "paligemma_with_expert.paligemma.lm_head.weight"
+# The action expert's LM head: unused by π0, but in the state dict of openpi's PI0Pytorch.
+EXPERT_HEAD = "paligemma_with_expert.gemma_expert.lm_head.weight"
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 

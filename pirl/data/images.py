@@ -46,12 +46,14 @@ def to_float(images: UInt8[np.ndarray, "*b H W C"]) -> Float[np.ndarray, "*b H W
 
 
 def rotate_180(images: UInt8[np.ndarray, "*b H W C"]) -> UInt8[np.ndarray, "*b H W C"]:
-    """Rotates by 180° (flips both axes): LIBERO renders its cameras upside down."""
+    """Rotates by 180° (flips both axes): LIBERO's and MetaWorld's corner cameras render upside
+    down and mirrored (openpi examples/libero/main.py, RLinf's MetaWorld env, LeRobot's)."""
     return images[..., ::-1, ::-1, :]
 
 
 def flip_vertical(images: UInt8[np.ndarray, "*b H W C"]) -> UInt8[np.ndarray, "*b H W C"]:
-    """Flips rows only: MetaWorld's renders are upside down but not mirrored."""
+    """Flips rows only (an image stored bottom row first; not MetaWorld's renders, which need
+    ``rotate_180``)."""
     return images[..., ::-1, :, :]
 
 

@@ -37,12 +37,14 @@ class TransformConfig:
     """How one simulator's observations and actions map to a model's.
 
     cameras: (env camera name, model slot) pairs; slots without a camera are black and masked.
-    orientation: applied to raw frames first ("rot180" LIBERO, "flip_vertical" MetaWorld).
+    orientation: applied to raw frames first ("rot180": LIBERO's and MetaWorld's raw renders).
     norm: "zscore" (π0) or "quantile" (π0.5) for both state and actions.
     delta_action_mask: dims whose actions are relative to the state (training subtracted the
       state; inference adds it back); empty = absolute actions.
     action_chunk: how many of the Ha predicted actions the env executes (None = all).
-    discrete_state_input: π0.5 prompt with the binned state ("Task: ..., State: ...;\\nAction: ").
+    discrete_state_input: π0.5 prompt with the binned state ("Task: ..., State: ...;\\nAction: ");
+      False gives openpi's plain prompt BOS + instruction + "\\n" (pi05_libero's, and the
+      reference's π0.5 checkpoints'). The model config decides it (``ModelSpec``).
     """
 
     cameras: tuple[tuple[str, str], ...]
@@ -91,13 +93,14 @@ def libero(pi05: bool = False, image_size: tuple[int, int] = (224, 224)) -> Tran
     )
 
 
-def metaworld(camera: str = "corner", pi05: bool = False, image_size=(224, 224)) -> TransformConfig:
-    """MetaWorld: one rendered camera (upside down) → base slot, 4-d absolute actions."""
+def metaworld(camera: str = "corner2", pi05: bool = False, image_size=(224, 224)) -> TransformConfig:
+    """MetaWorld: one raw camera render (rotated 180°, as the reference and LeRobot turn it) → base
+    slot, 4-d absolute actions, no discrete state in π0.5's prompt (the reference's pi05_metaworld)."""
     return TransformConfig(
         cameras=((camera, "base_0_rgb"),),
         env_action_dim=4,
         image_size=image_size,
-        orientation="flip_vertical",
+        orientation="rot180",
         norm="quantile" if pi05 else "zscore",
         max_token_len=200 if pi05 else 48,
     )

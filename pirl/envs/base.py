@@ -35,7 +35,6 @@ done by ``EpisodeTracker`` from the per-step arrays so every adapter reports it 
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -184,16 +183,6 @@ class SerialGroup:
     def close(self):
         for s in self.sims:
             s.close()
-
-
-def check_mujoco_render_contexts(render: bool, num_envs: int) -> None:
-    """MuJoCo under MUJOCO_GL=egl draws only with the most recently created renderer of a process,
-    so a worker may hold one rendering env then; osmesa has no such limit."""
-    if render and num_envs > 1 and os.environ.get("MUJOCO_GL") == "egl":
-        raise ValueError(
-            f"MUJOCO_GL=egl allows one rendering env per process, asked for {num_envs}: "
-            "use 1 env per worker or gl='osmesa'"
-        )
 
 
 def check_init_ids(spec: EnvSpec, init_ids: np.ndarray, n: int) -> Int64[np.ndarray, "N 2"]:

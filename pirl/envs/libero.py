@@ -18,8 +18,10 @@ Setup the package itself lacks for unattended use:
 - Scene/object assets are not in the wheel; ``assets_dir`` (or $PIRL_LIBERO_ASSETS) names a
   folder with them (third_party/README.md says how to get them). Without it LIBERO tries to
   download them at env creation.
-- Rendering: MuJoCo via MUJOCO_GL=egl or osmesa. EGL allows only one render context per process,
-  so with EGL each worker may hold one env; osmesa has no such limit.
+- Rendering: MuJoCo via MUJOCO_GL=egl or osmesa. robosuite draws with whichever GL context is
+  current (the most recently created one in the process, or none after another env freed its
+  own), so every sim makes its own context current before anything renders; any number of envs
+  may then share a worker under either backend.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ from pirl.envs import base
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 NUM_TASKS = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
-# Episode limits (after warm-up) per suite, long enough for the demonstrations of each suite.
+# Episode limits (after warm-up) per suite of the RL recipes, long enough for the demonstrations of
+# each suite.
 MAX_STEPS = {
     "libero_spatial": 240,
     "libero_object": 280,
@@ -43,6 +46,23 @@ MAX_STEPS = {
     "libero_10": 480,
     "libero_90": 400,
 }
+# openpi's LIBERO evaluation (examples/libero/main.py ``eval_libero``): per-suite step limits (its
+# comments: the longest training demonstration has 193, 254, 270, 505 and 373 steps), the no-op
+# steps it waits first, the actions it executes per chunk, its trials per task, its seed, and the
+# resolution it renders at (``LIBERO_ENV_RESOLUTION``, the training data's).
+OPENPI_MAX_STEPS = {
+    "libero_spatial": 220,
+    "libero_object": 280,
+    "libero_goal": 300,
+    "libero_10": 520,
+    "libero_90": 400,
+}
+OPENPI_WAIT_STEPS = 10
+OPENPI_REPLAN_STEPS = 5
+OPENPI_TRIALS = 50
+OPENPI_SEED = 7
+OPENPI_RESOLUTION = 256
+LIMITS = {"rl": MAX_STEPS, "openpi": OPENPI_MAX_STEPS}
 UNION = "libero_130"
 # openpi's no-op: no motion, gripper open.
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)
@@ -131,10 +151,19 @@ class LiberoConfig:
       image_size: (H, W) of both cameras.
       render: False gives observations with no images (robosuite skips rendering).
       assets_dir: folder with LIBERO's scene/object assets; None reads $PIRL_LIBERO_ASSETS.
-      max_steps: None takes MAX_STEPS of the suite (the union: each task its own suite's limit).
+      max_steps: None takes the ``limits`` table's value for the suite (the union: each task its
+        own suite's limit).
+      limits: "rl" (MAX_STEPS, the RL recipes') or "openpi" (OPENPI_MAX_STEPS, openpi's evaluation).
       warmup_steps: no-op steps after reset (objects settle), not counted.
       num_trials: init states used per task (<= 50).
-      seed: robosuite's seed (placement is then overridden by the init state).
+      seed: seed of numpy's global RNG, from which LIBERO places fixtures on every reset (the init
+        state then overrides the objects' placement).
+      seed_every_reset: True seeds before every reset, so an init id is one scene whatever the env
+        did before. False is openpi's evaluation: it seeds once when a task's env is made, then runs
+        trials 0, 1, ... in order, each reset drawing on from where the last one left off; here the
+        seed is applied on every reset of trial 0, and each sim keeps its own copy of the RNG
+        state, so sims sharing a process do not draw from one another's stream. An env then
+        matches openpi's episode k only when it ran trials 0..k-1 of the same task before.
     """
 
     suite: str = "libero_spatial"
@@ -143,12 +172,16 @@ class LiberoConfig:
     render: bool = True
     assets_dir: str | None = None
     max_steps: int | None = None
+    limits: str = "rl"
     warmup_steps: int = 15
     num_trials: int = 50
     seed: int = 0
+    seed_every_reset: bool = True
 
     def __post_init__(self):
         self.tasks()
+        if self.limits not in LIMITS:
+            raise ValueError(f"limits must be one of {tuple(LIMITS)}, got {self.limits!r}")
         if not 1 <= self.num_trials <= 50:
             raise ValueError(f"num_trials must be in [1, 50] (init states per task), got {self.num_trials}")
 
@@ -172,7 +205,7 @@ class LiberoConfig:
         return [tasks[k] for k in self.task_subset]
 
     def task_max_steps(self, task: int) -> int:
-        return self.max_steps or MAX_STEPS[self.tasks()[task][0]]
+        return self.max_steps or LIMITS[self.limits][self.tasks()[task][0]]
 
     def spec(self) -> base.EnvSpec:
         tasks = self.tasks()
@@ -188,7 +221,6 @@ class LiberoConfig:
         )
 
     def __call__(self, worker_index: int, num_envs: int) -> base.SerialGroup:
-        base.check_mujoco_render_contexts(self.render, num_envs)
         return base.SerialGroup([LiberoSim(self) for _ in range(num_envs)])
 
 
@@ -235,6 +267,7 @@ class LiberoSim:
         self.prev_success, self.t, self.limit = False, 0, 0
         self.cams: dict[str, _LazyCamera] = {}
         self.last_raw: dict | None = None
+        self._np_state = None  # this sim's numpy global RNG state after its last reset
 
     def _suite(self, name: str):
         if name not in self._suites:
@@ -246,7 +279,7 @@ class LiberoSim:
         suite = self._suite(suite_name)
         if self.task != task:
             if self.env is not None:
-                self.env.close()  # first, so at most one render context exists (EGL)
+                self.env.close()
                 self.env = None
             h, w = self.cfg.image_size
             kw = dict(camera_heights=h, camera_widths=w)
@@ -281,12 +314,28 @@ class LiberoSim:
         for cam in self.cams.values():
             cam.on = on
 
+    def _gl_current(self):
+        """Makes this sim's GL context current: robosuite renders with whichever context is current."""
+        context = getattr(self.env.env.sim, "_render_context_offscreen", None)
+        if context is not None:
+            context.gl_ctx.make_current()
+
+    def _reset_scene(self, env, trial: int):
+        """``env.reset()`` with numpy's global RNG, from which LIBERO places fixtures (not part of
+        the saved init state) on every hard reset, seeded as ``seed_every_reset`` says. Only resets
+        draw from it (stepping does not), so keeping the state after each reset keeps the stream."""
+        if self.cfg.seed_every_reset or trial == 0 or self._np_state is None:
+            env.seed(self.cfg.seed)  # LIBERO's seed is np.random.seed
+        else:
+            np.random.set_state(self._np_state)  # noqa: NPY002 (LIBERO draws from the legacy global RNG)
+        self._gl_current()  # a reset without a rebuild renders with the present context
+        env.reset()
+        self._np_state = np.random.get_state()  # noqa: NPY002
+
     def reset(self, task: int, trial: int) -> tuple[base.Obs, str]:
         env = self._make(task)
-        # LIBERO places fixtures (not part of the saved init state) with numpy's global RNG on every
-        # hard reset; re-seeding makes the same (task, trial) the same scene every time.
-        env.seed(self.cfg.seed)
-        env.reset()
+        self._reset_scene(env, trial)
+        self._gl_current()  # a hard reset rebuilt the sim and its context
         self._wrap_cameras(env)
         warmup = self.cfg.warmup_steps
         self._render(warmup == 0)
@@ -300,6 +349,8 @@ class LiberoSim:
     def step(self, action, observe: bool = True) -> base.StepOut:
         observe = observe or self.t + 1 >= self.limit  # an episode's last step is always observed
         self._render(observe)
+        if observe:
+            self._gl_current()
         raw, _, done, _ = self.env.step(np.asarray(action, np.float64))
         self.t += 1
         success = bool(done)  # LIBERO's done is exactly "the BDDL goal holds"
@@ -312,6 +363,7 @@ class LiberoSim:
         """The current state's observation, cameras rendered now (robosuite's timers untouched)."""
         if not self.cfg.render:
             return self._obs(self.last_raw)
+        self._gl_current()
         images = {key: _upright(cam.real({})) for key, cam in self.cams.items()}
         return self._obs(self.last_raw, images)
 

@@ -8,8 +8,9 @@ robot's joint positions (``agent/qpos``). Action: ``control_mode`` (default end-
 pose, 7-d for Panda and WidowX). With ``binarize_gripper=t`` the last action dim becomes +1 if it
 is > t else -1 (a model trained on 0/1 gripper labels then drives a +-1 gripper).
 Reward: the task's success indicator, reported every step (``success``); ``reward_mode="dense"``
-passes the task's dense reward instead. Episodes terminate on success (ManiSkill's own rule) and
-are truncated at ``max_steps`` (default: the task's registered limit).
+passes the task's dense reward instead, and ``reward_mode="grasp"`` the reference's shaped reward
+of its PutOnPlate recipes (``GraspReward``). Episodes terminate on success (ManiSkill's own rule)
+and are truncated at ``max_steps`` (default: the task's registered limit).
 
 Two ways to run:
 - CPU (``backend="cpu"``): one ManiSkill env per ``Sim``, rendered by SAPIEN on Vulkan (lavapipe
@@ -47,6 +48,52 @@ INSTRUCTIONS: dict[str, str] = {
     "RollBall-v1": "roll the ball to the goal region",
     "PlaceSphere-v1": "place the sphere into the bin",
 }
+
+# The reference's reward for its PutOnPlate recipes (RLinf rlinf/envs/maniskill/maniskill_env.py
+# ``ManiskillEnv._calc_step_reward``, its default reward_mode with use_rel_reward): a level of 0.1
+# once the object has been grasped, 0.1 more once it has been held for HELD_STEPS consecutive
+# steps, and 1.0 while the task succeeds with the object grasped; each step is rewarded with the
+# change of the level. The flags are the task's episode flags ``is_src_obj_grasped`` and
+# ``consecutive_grasp`` (rlinf/envs/maniskill/tasks/put_on_in_scene_multi.py ``evaluate``: "ever
+# grasped" and "ever grasped HELD_STEPS steps in a row"), derived from ``is_grasped`` for tasks
+# that report only that.
+GRASPED_REWARD, HELD_REWARD, PLACED_REWARD = 0.1, 0.1, 1.0
+HELD_STEPS = 5
+
+
+class GraspReward:
+    """The reference's grasp-and-place reward for one env (see GRASPED_REWARD above)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.level, self.run, self.grasped, self.held = 0.0, 0, False, False
+
+    def step(self, info: dict[str, bool]) -> float:
+        """Reward of one step from its info flags: ``success`` and either the task's episode flags
+        ``is_src_obj_grasped`` and ``consecutive_grasp`` or the per-step ``is_grasped``."""
+        if "is_src_obj_grasped" in info and "consecutive_grasp" in info:
+            self.grasped, self.held = bool(info["is_src_obj_grasped"]), bool(info["consecutive_grasp"])
+        elif "is_grasped" in info:
+            self.run = self.run + 1 if info["is_grasped"] else 0
+            self.grasped = self.grasped or bool(info["is_grasped"])
+            self.held = self.held or self.run >= HELD_STEPS
+        else:
+            raise ValueError(f"reward_mode='grasp' needs 'is_grasped' in the task's info, got keys {sorted(info)}")
+        success = bool(info.get("success", False))
+        level = GRASPED_REWARD * self.grasped + HELD_REWARD * self.held + PLACED_REWARD * (success and self.grasped)
+        reward, self.level = level - self.level, level
+        return reward
+
+
+GRASP_INFO_KEYS = ("success", "is_grasped", "is_src_obj_grasped", "consecutive_grasp")
+
+
+def _info_flags(info: dict, i: int) -> dict[str, bool]:
+    """Env i's grasp-reward flags from a batched ManiSkill info dict."""
+    return {k: bool(_to_numpy(info[k]).reshape(-1)[i]) for k in GRASP_INFO_KEYS if k in info}
+
 
 # RLinf's WidowX scene with 25 objects: a different registry, built on the Bridge assets.
 _BRIDGE_FAMILY = ("PutOnPlateInScene",)
@@ -89,7 +136,8 @@ class ManiSkillConfig:
       camera: sensor name; None takes the task's first sensor camera.
       control_mode: ManiSkill controller, e.g. "pd_ee_delta_pose" or "pd_joint_delta_pos"; None
         takes the task's registered default.
-      reward_mode: "sparse" (success) or "dense"/"normalized_dense" (the task's shaped reward).
+      reward_mode: "sparse" (success), "dense"/"normalized_dense" (the task's shaped reward), or
+        "grasp" (the reference's grasp-and-place reward, ``GraspReward``).
       max_steps: None takes the task's registered episode limit.
       num_trials: seeds per task.
       binarize_gripper: threshold for the last action dim, or None to pass it through.
@@ -114,6 +162,8 @@ class ManiSkillConfig:
             raise ValueError(f"backend must be 'cpu' or 'gpu', got {self.backend!r}")
         if self.backend == "gpu" and len(self.tasks) != 1:
             raise ValueError("the GPU backend batches one task per worker; give exactly one task")
+        if self.reward_mode not in ("sparse", "dense", "normalized_dense", "grasp"):
+            raise ValueError(f"reward_mode must be sparse, dense, normalized_dense or grasp, got {self.reward_mode!r}")
 
     def make_env(self, task: int, num_envs: int = 1):
         # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
@@ -127,7 +177,8 @@ class ManiSkillConfig:
         kw = dict(
             num_envs=num_envs,
             obs_mode="rgb" if self.render else "state_dict",
-            reward_mode=self.reward_mode,
+            # "grasp" is computed here from the info flags; the task's own reward is not used.
+            reward_mode="sparse" if self.reward_mode == "grasp" else self.reward_mode,
             sim_backend="physx_cuda" if self.backend == "gpu" else "physx_cpu",
             render_backend=("gpu" if self.backend == "gpu" else "cpu") if self.render else "none",
         )
@@ -217,17 +268,21 @@ class ManiSkillSim(_Common):
         self.cfg = cfg
         self.env, self.task = cfg.make_env(0), 0
         self._setup(self.env)
+        self.grasp = GraspReward()
 
     def reset(self, task: int, trial: int) -> tuple[base.Obs, str]:
         if task != self.task:
             self.env.close()
             self.env, self.task = self.cfg.make_env(task), task
         obs, _ = self.env.reset(seed=episode_seed(task, trial))
+        self.grasp.reset()
         return base.Obs(self._images(obs, 0), self._state(obs, 0)), self._instruction(self.env, task)
 
     def step(self, action) -> base.StepOut:
         obs, reward, terminated, truncated, info = self.env.step(self._action(action)[None])
         success = bool(_to_numpy(info["success"]).reshape(-1)[0]) if "success" in info else False
+        if self.cfg.reward_mode == "grasp":
+            reward = self.grasp.step(_info_flags(info, 0))
         return base.StepOut(
             base.Obs(self._images(obs, 0), self._state(obs, 0)),
             float(_to_numpy(reward).reshape(-1)[0]),
@@ -252,6 +307,7 @@ class GPUGroup(_Common):
         self.cfg, self.num_envs = cfg, num_envs
         self.env = cfg.make_env(0, num_envs)
         self._setup(self.env)
+        self.grasp = [GraspReward() for _ in range(num_envs)]
 
     def reset(self, env_ids, init_ids):
         # Late: the simulator (ManiSkill, its torch) is optional and heavy; imported only when used.
@@ -286,6 +342,8 @@ class GPUGroup(_Common):
                     "reset_to_env_states": {"env_states": sub},
                 }
             )
+        for e in env_ids:
+            self.grasp[e].reset()
         text = self._instruction(self.env, 0)
         return [(base.Obs(self._images(obs, i), self._state(obs, i)), text) for i in env_ids]
 
@@ -299,6 +357,10 @@ class GPUGroup(_Common):
         obs, reward, terminated, truncated, info = self.env.step(torch.as_tensor(full, device=u.device))
         r, te, tr = _to_numpy(reward), _to_numpy(terminated), _to_numpy(truncated)
         su = _to_numpy(info["success"]) if "success" in info else np.zeros(self.num_envs, bool)
+        if self.cfg.reward_mode == "grasp":
+            r = np.array(
+                [self.grasp[i].step(_info_flags(info, i)) if i in env_ids else 0.0 for i in range(self.num_envs)]
+            )
         return [
             base.StepOut(
                 base.Obs(self._images(obs, i), self._state(obs, i)),

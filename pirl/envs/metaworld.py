@@ -4,14 +4,23 @@ Init id (task, trial): task indexes ``MetaWorldConfig.task_names()``; trial inde
 variations that ``metaworld.MT1(name, seed)`` samples, so a given (seed, task, trial) is one fixed
 object/goal layout in every process.
 
-Observation: one camera image (``camera``, flipped upright by default, since MuJoCo's offscreen
-buffer comes out upside down) and a state of either the hand: ``obs[:4]`` = end-effector xyz +
-gripper opening (what the VLA sees), or ``full``: the 39-d MetaWorld vector (what the scripted
-experts need). Action: 4-d in [-1, 1] (xyz delta + gripper).
+Observation, as the reference serves MetaWorld to its models: one camera image and a state of
+either the hand: ``obs[:4]`` = end-effector xyz + gripper opening (what the VLA sees), or ``full``:
+the 39-d MetaWorld vector (what the scripted experts need). The default camera is "corner2" moved
+to (0.75, 0.075, 0.7), and its render is rotated 180 degrees (``render()[::-1, ::-1]``): the corner
+cameras are rolled about -176 degrees from world-up, so gymnasium's upright frame shows the scene
+upside down and mirrored (RLinf rlinf/envs/metaworld/metaworld_env.py ``MetaWorldEnv._wrap_obs``,
+its toolkits/standalone_eval_scripts/openpi/metaworld_eval.py, and LeRobot's
+src/lerobot/envs/metaworld.py ``MetaworldEnv._format_raw_obs`` all do this). The prompt is the
+reference's task description (``INSTRUCTIONS``). Action: 4-d in [-1, 1] (xyz delta + gripper).
 Reward: relative success, ``success_t - success_{t-1}``, so +1 on the first success step; the
 episode terminates on success. ``reward="dense"`` instead passes MetaWorld's shaped reward scaled
 to [0, 1] (it is in [0, 10]) and runs every episode to ``max_steps``: terminating on success would
 cut off the reward of staying at the goal. Success is reported either way.
+
+Every sim renders through its own GL context: gymnasium's renderer draws with whichever context is
+current, which is the most recently created one in the process, so several sims in one worker
+(or one sim after another's context was freed) would otherwise draw each other's scene.
 """
 
 from __future__ import annotations
@@ -22,58 +31,61 @@ import numpy as np
 
 from pirl.envs import base
 
-# One instruction per v3 task, written for this project (MetaWorld ships none).
+# The reference's task descriptions, verbatim and in its order (RLinf rlinf/envs/metaworld/
+# metaworld_config.json TASK_DESCRIPTIONS; LeRobot's src/lerobot/envs/metaworld_config.json has the
+# same 50 strings): the prompts its MetaWorld checkpoints, and LeRobot's MetaWorld dataset, were
+# trained with. MT50 task ids follow this order, as the reference's do.
 INSTRUCTIONS: dict[str, str] = {
-    "assembly-v3": "pick up the nut and place it onto the peg",
-    "basketball-v3": "pick up the basketball and dunk it into the hoop",
-    "bin-picking-v3": "pick up the cube from one bin and place it in the other bin",
-    "box-close-v3": "pick up the lid and put it on the box to close it",
-    "button-press-topdown-v3": "press the button down from the top",
-    "button-press-topdown-wall-v3": "press the button down from the top behind the wall",
-    "button-press-v3": "push the button forward",
-    "button-press-wall-v3": "push the button forward behind the wall",
-    "coffee-button-v3": "press the button on the coffee machine",
-    "coffee-pull-v3": "pull the coffee mug out from under the machine",
-    "coffee-push-v3": "push the coffee mug under the coffee machine",
-    "dial-turn-v3": "rotate the dial a full turn",
-    "disassemble-v3": "pick the nut up off the peg",
-    "door-close-v3": "push the door closed",
-    "door-lock-v3": "turn the door lock down to lock it",
-    "door-open-v3": "pull the door open",
-    "door-unlock-v3": "turn the door lock up to unlock it",
-    "hand-insert-v3": "move the hand into the hole in the table",
-    "drawer-close-v3": "push the drawer closed",
-    "drawer-open-v3": "pull the drawer open",
-    "faucet-open-v3": "rotate the faucet handle to turn it on",
-    "faucet-close-v3": "rotate the faucet handle to turn it off",
-    "hammer-v3": "pick up the hammer and hit the nail into the wall",
-    "handle-press-side-v3": "press the handle down from the side",
-    "handle-press-v3": "press the handle down",
-    "handle-pull-side-v3": "pull the handle up from the side",
-    "handle-pull-v3": "pull the handle up",
-    "lever-pull-v3": "pull the lever up",
-    "pick-place-wall-v3": "pick up the puck and place it at the goal behind the wall",
-    "pick-out-of-hole-v3": "pick the peg up out of the hole",
-    "pick-place-v3": "pick up the puck and place it at the goal",
-    "plate-slide-v3": "slide the plate into the goal",
-    "plate-slide-side-v3": "slide the plate sideways into the goal",
-    "plate-slide-back-v3": "slide the plate back out of the goal",
-    "plate-slide-back-side-v3": "slide the plate back sideways out of the goal",
-    "peg-insert-side-v3": "insert the peg into the hole from the side",
-    "peg-unplug-side-v3": "pull the peg out of the hole sideways",
-    "soccer-v3": "kick the soccer ball into the goal",
-    "stick-push-v3": "grasp the stick and use it to push the bottle",
-    "stick-pull-v3": "grasp the stick and use it to pull the bottle",
-    "push-v3": "push the puck to the goal",
-    "push-wall-v3": "push the puck around the wall to the goal",
-    "push-back-v3": "push the puck backward to the goal",
-    "reach-v3": "reach the red goal position",
-    "reach-wall-v3": "reach the goal position over the wall",
-    "shelf-place-v3": "pick up the puck and place it on the shelf",
-    "sweep-into-v3": "sweep the puck into the hole",
-    "sweep-v3": "sweep the puck off the edge of the table",
-    "window-open-v3": "slide the window open",
-    "window-close-v3": "slide the window closed",
+    "assembly-v3": "Pick up a nut and place it onto a peg",
+    "basketball-v3": "Dunk the basketball into the basket",
+    "bin-picking-v3": "Grasp the puck from one bin and place it into another bin",
+    "box-close-v3": "Grasp the cover and close the box with it",
+    "button-press-topdown-v3": "Press a button from the top",
+    "button-press-topdown-wall-v3": "Bypass a wall and press a button from the top",
+    "button-press-v3": "Press a button",
+    "button-press-wall-v3": "Bypass a wall and press a button",
+    "coffee-button-v3": "Push a button on the coffee machine",
+    "coffee-pull-v3": "Pull a mug from a coffee machine",
+    "coffee-push-v3": "Push a mug under a coffee machine",
+    "dial-turn-v3": "Rotate a dial 180 degrees",
+    "disassemble-v3": "Pick a nut out of a peg",
+    "door-close-v3": "Close a door with a revolving joint",
+    "door-lock-v3": "Lock the door by rotating the lock clockwise",
+    "door-open-v3": "Open a door with a revolving joint",
+    "door-unlock-v3": "Unlock the door by rotating the lock counter-clockwise",
+    "hand-insert-v3": "Insert the gripper into a hole",
+    "drawer-close-v3": "Push and close a drawer",
+    "drawer-open-v3": "Open a drawer",
+    "faucet-open-v3": "Rotate the faucet counter-clockwise",
+    "faucet-close-v3": "Rotate the faucet clockwise",
+    "hammer-v3": "Hammer a screw on the wall",
+    "handle-press-side-v3": "Press a handle down sideways",
+    "handle-press-v3": "Press a handle down",
+    "handle-pull-side-v3": "Pull a handle up sideways",
+    "handle-pull-v3": "Pull a handle up",
+    "lever-pull-v3": "Pull a lever down 90 degrees",
+    "peg-insert-side-v3": "Insert a peg sideways",
+    "pick-place-wall-v3": "Pick a puck, bypass a wall and place the puck",
+    "pick-out-of-hole-v3": "Pick up a puck from a hole",
+    "reach-v3": "Reach a goal position",
+    "push-back-v3": "Push the puck to a goal",
+    "push-v3": "Push the puck to a goal",
+    "pick-place-v3": "Pick and place a puck to a goal",
+    "plate-slide-v3": "Slide a plate into a cabinet",
+    "plate-slide-side-v3": "Slide a plate into a cabinet sideways",
+    "plate-slide-back-v3": "Get a plate from the cabinet",
+    "plate-slide-back-side-v3": "Get a plate from the cabinet sideways",
+    "peg-unplug-side-v3": "Unplug a peg sideways",
+    "soccer-v3": "Kick a soccer into the goal",
+    "stick-push-v3": "Grasp a stick and push a box using the stick",
+    "stick-pull-v3": "Grasp a stick and pull a box with the stick",
+    "push-wall-v3": "Bypass a wall and push a puck to a goal",
+    "reach-wall-v3": "Bypass a wall and reach a goal",
+    "shelf-place-v3": "Pick and place a puck onto a shelf",
+    "sweep-into-v3": "Sweep a puck into a hole",
+    "sweep-v3": "Sweep a puck off the table",
+    "window-open-v3": "Push and open a window",
+    "window-close-v3": "Push and close a window",
 }
 
 # Difficulty groups used to report the MT50 "Avg." (mean of the four group means).
@@ -145,11 +157,16 @@ class MetaWorldConfig:
       render: False gives observations with no image (fast, for state-only use and benchmarks).
       camera: one of CAMERAS.
       camera_pos: if set, moves the camera to this world position (x, y, z) before rendering.
-      flip: turn the image upright (MuJoCo renders it upside down).
+      rotate180: rotate the render by 180 degrees (``[::-1, ::-1]``), the reference's orientation.
+      fast_render: turn off shadows and multisampling (~10x faster on CPU renderers: 7 -> 70 frames/s
+        at 224^2 on llvmpipe). The reference renders with MuJoCo's defaults (shadows on), so images
+        then differ from those its checkpoints were trained on (~15% of pixels by more than 20/255).
       state: "hand" (4-d: xyz + gripper) or "full" (39-d MetaWorld observation).
       max_steps: episode length limit, counted after the warm-up.
       num_trials: goal variations per task (<= 50).
-      warmup_steps: no-op steps after reset (lets objects settle), not counted.
+      warmup_steps: zero-action steps after reset (lets objects settle), not counted; the first
+        observation is that of the last one. 16 is the reference's: ``MetaWorldEnv.reset`` steps
+        the reset envs 15 times (``RESET_STEP``), then once more to read the observation.
       seed: seed of MetaWorld's goal sampling; every process must use the same one.
       reward: "success" (sparse, terminates on success) or "dense" (shaped, see the module doc).
     """
@@ -159,11 +176,12 @@ class MetaWorldConfig:
     render: bool = True
     camera: str = "corner2"
     camera_pos: tuple[float, float, float] | None = (0.75, 0.075, 0.7)
-    flip: bool = True
+    rotate180: bool = True
+    fast_render: bool = False
     state: str = "hand"
     max_steps: int = 100
     num_trials: int = 50
-    warmup_steps: int = 15
+    warmup_steps: int = 16
     seed: int = 0
     reward: str = "success"
 
@@ -209,7 +227,6 @@ class MetaWorldConfig:
 
     def __call__(self, worker_index: int, num_envs: int) -> base.SerialGroup:
         """Pool factory: M independent MetaWorld sims (each one MuJoCo model + renderer)."""
-        base.check_mujoco_render_contexts(self.render, num_envs)
         return base.SerialGroup([MetaWorldSim(self) for _ in range(num_envs)])
 
 
@@ -235,10 +252,10 @@ class MetaWorldSim:
             h, w = self.cfg.image_size
             kw = dict(render_mode="rgb_array", camera_name=self.cfg.camera, width=w, height=h)
             env = metaworld.env_dict.ALL_V3_ENVIRONMENTS[name](**(kw if self.cfg.render else {}))
-            # Shadows and multisampling dominate llvmpipe render time (31 -> ~50 frames/s at 224^2);
-            # both are read when the renderer is created, so set them before the first render.
-            env.model.vis.quality.shadowsize = 0
-            env.model.vis.quality.offsamples = 0
+            if self.cfg.fast_render:
+                # Both are read when the renderer is created, so set them before the first render.
+                env.model.vis.quality.shadowsize = 0
+                env.model.vis.quality.offsamples = 0
             if self.cfg.camera_pos is not None:
                 # Late: the simulator (MetaWorld, MuJoCo) is optional and heavy; imported only when used.
                 import mujoco
@@ -248,12 +265,19 @@ class MetaWorldSim:
             self.env, self.env_name = env, name
         return self.env
 
+    def _render(self) -> np.ndarray:
+        """The camera image (H, W, 3) uint8 as gymnasium returns it, drawn in this sim's own GL
+        context (made current first: gymnasium only does so when one env holds several viewers)."""
+        viewer = self.env.mujoco_renderer._get_viewer(self.env.render_mode)  # made on first use
+        viewer.make_context_current()
+        return self.env.render()
+
     def _obs(self, raw: np.ndarray, render: bool = True) -> base.Obs:
         """``render`` False leaves the images out: rendering is ~all of a step's cost."""
         images = {}
         if self.cfg.render and render:
-            img = self.env.render()
-            images["main"] = np.ascontiguousarray(img[::-1] if self.cfg.flip else img)
+            img = self._render()
+            images["main"] = np.ascontiguousarray(img[::-1, ::-1] if self.cfg.rotate180 else img)
         self.last_raw = raw
         state = raw[:4] if self.cfg.state == "hand" else raw
         return base.Obs(images=images, state=state.astype(np.float32))

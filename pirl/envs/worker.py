@@ -80,6 +80,10 @@ class PoolConfig:
       threads_per_worker: size of each worker's BLAS/OpenMP/CPU-renderer thread pools. 1 suits one
         worker per core (parallelism from processes, no oversubscription); raise it when there are
         fewer workers than cores.
+      finish_chunks: an env whose episode ends during a chunk still executes the chunk's remaining
+        actions (``valid`` True, their rewards, success and length counted for that episode), as the
+        reference's ``chunk_step`` does (RLinf rlinf/envs/maniskill/maniskill_env.py
+        ``ManiskillEnv.chunk_step``); the episode stays ended. False skips those steps.
     """
 
     num_workers: int
@@ -91,6 +95,7 @@ class PoolConfig:
     timeout_s: float = 600.0
     threads_per_worker: int = 1
     env_offset: int = 0
+    finish_chunks: bool = False
 
     def __post_init__(self):
         if self.num_workers < 1 or self.envs_per_worker < 1:
@@ -155,8 +160,9 @@ class Worker:
         # Only each env's last state of the chunk is observed by the policy: a group that can defer
         # its rendering renders that one state instead of every step.
         deferred = getattr(self.group, "deferred", False)
+        started = [i for i in range(m) if not done[i]]  # envs whose episode runs into this chunk
         for t in range(t_len):
-            live = [i for i in range(m) if not done[i]]
+            live = started if self.cfg.finish_chunks else [i for i in range(m) if not done[i]]
             if not live:
                 break
             step_kw = {"observe": t == t_len - 1} if deferred else {}
@@ -167,7 +173,7 @@ class Worker:
                 rewards[i, t] = so.reward
                 flags[i, t] = VALID | TERMINATED * term | TRUNCATED * (trunc and not term) | SUCCESS * bool(so.success)
                 self.last[i] = so.obs
-                done[i] = term or trunc
+                done[i] = done[i] or term or trunc
         self.done[:] = done
         stepped = [int(i) for i in np.flatnonzero((flags & VALID).any(axis=1))]
         unseen = [i for i in stepped if self.spec.cameras and not self.last[i].images] if deferred else []

@@ -186,6 +186,9 @@ _EMBEDDED_CORPUS = (
     "turn on the stove and put the moka pot on it",
     "insert the peg into the hole sideways; rotate the faucet handle",
     "sweep the cube into the bin next to the basket",
+    # MetaWorld's task descriptions as the reference words them (pirl.envs.metaworld.INSTRUCTIONS).
+    "Unlock the door by rotating the lock counter-clockwise; Grasp a stick and push a box using it",
+    "Bypass a wall and press a button; Pick and place a puck onto a shelf; Dunk the basketball",
     "Task: , State: 0 1 2 3 4 5 6 7 8 9 128 255;\nAction: ",
 )
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
 
 def chunk_rewards(
@@ -75,21 +75,56 @@ def valid_mask(dones: Bool[Array, "T B"]) -> Bool[Array, "T B"]:
     return done_before == 0
 
 
-def trajectory_weights(mask: Bool[Array, "T B"]) -> Float[Array, "T B"]:
-    """Per-sample loss weights mask·T/valid_steps, so a mean over all T·B entries is a mean over
-    envs of their per-trajectory mean: short (often successful) episodes weigh as much as long."""
+def trajectory_weights(
+    mask: Bool[Array, "T B"], env_steps: Int[Array, "T B"], max_episode_steps: int
+) -> Float[Array, "T B"]:
+    """Per-sample loss weights: max_episode_steps / (valid env steps of the env's episode) on valid
+    samples, 0 elsewhere.
+
+    ``env_steps[t]`` counts the env steps executed in chunk step t (the chunk size, fewer in the
+    chunk where the episode ended). The reference (RLinf ``metric_utils.compute_loss_mask``'s
+    ``loss_mask_sum`` and ``utils.masked_mean_ratio``) divides every sample's loss by
+    loss_mask_sum / max_episode_steps and then takes the mean over all entries, so short (often
+    successful) episodes weigh as much as long ones. An env without valid steps weighs 0.
+    """
+    if max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps must be at least 1, got {max_episode_steps}")
     m = mask.astype(jnp.float32)
-    valid = m.sum(axis=0, keepdims=True)
-    return m * mask.shape[0] / jnp.maximum(valid, 1.0)
+    valid = (m * env_steps.astype(jnp.float32)).sum(axis=0, keepdims=True)
+    return jnp.where(mask, max_episode_steps / jnp.maximum(valid, 1.0), 0.0)
+
+
+def _shifted(x: Array, ref: Array) -> Array:
+    """x − ref in at least float32.
+
+    Statistics of data shifted by one of its own values are exact for equal values (x − x is 0),
+    where x − mean(x) keeps the mean's rounding residue, which a near-zero std then blows up."""
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    return x.astype(dtype) - ref.astype(dtype)
+
+
+def _scaled_std(centred: Array, m: Array, axis, ddof: int) -> Array:
+    """Masked std of already centred data with ``ddof``, computed on centred / max|centred| so
+    that squaring neither overflows (|x| above ~1e19 in float32) nor underflows."""
+    scale = jnp.max(jnp.abs(centred) * m, axis=axis, keepdims=True)
+    scale = jnp.where(scale > 0, scale, 1.0)
+    n = m.sum(axis=axis, keepdims=True)
+    var = (jnp.square(centred / scale) * m).sum(axis=axis, keepdims=True) / jnp.maximum(n - ddof, 1.0)
+    return scale * jnp.sqrt(var)
 
 
 def normalize(advantages: Float[Array, "*S"], mask: Bool[Array, "*S"], eps: float = 1e-5) -> Float[Array, "*S"]:
-    """(A − mean)/(std + eps) over the valid entries (population std), invalid entries set to 0."""
-    m = mask.astype(advantages.dtype)
-    n = jnp.maximum(m.sum(), 1.0)
-    mean = (advantages * m).sum() / n
-    var = (jnp.square(advantages - mean) * m).sum() / n
-    return jnp.where(mask, (advantages - mean) / (jnp.sqrt(var) + eps), 0.0)
+    """(A − mean)/(std + eps) over the valid entries, std unbiased (ddof 1); invalid entries are 0.
+
+    As the reference's ``safe_normalize`` (RLinf ``algorithms/utils.py``: torch ``std()``, which is
+    unbiased, and eps 1e-5). Equal valid advantages give exactly 0. Result: at least float32.
+    """
+    m = mask.astype(jnp.float32)
+    first_valid = advantages.reshape(-1)[jnp.argmax(mask.reshape(-1))]
+    x = _shifted(advantages, first_valid)
+    centred = x - (x * m).sum() / jnp.maximum(m.sum(), 1.0)
+    std = _scaled_std(centred, m, axis=None, ddof=1)
+    return jnp.where(mask, centred / (std + eps), 0.0)
 
 
 def episode_scores(rewards: Float[Array, "T B"], mask: Bool[Array, "T B"]) -> Float[Array, " B"]:
@@ -104,12 +139,20 @@ def _grouped(x: Float[Array, " B"], group_size: int) -> Float[Array, "Bg G"]:
 
 
 def grpo_advantages(scores: Float[Array, " B"], group_size: int, eps: float = 1e-6) -> Float[Array, " B"]:
-    """(R − mean_g)/(std_g + eps) within each group of G consecutive envs, std unbiased (ddof 1)."""
+    """(R − mean_g)/(std_g + eps) within each group of G consecutive envs, std unbiased (ddof 1).
+
+    As the reference's ``compute_grpo_advantages`` (RLinf ``algorithms/advantages.py``: torch
+    ``std()``, unbiased, eps 1e-6). A group of equal scores gets exactly 0 whatever their value,
+    magnitude or dtype: each group is shifted by its first score before its mean is taken.
+    Result: at least float32.
+    """
     if group_size < 2:
         raise ValueError(f"GRPO needs a group size of at least 2, got {group_size}")
     g = _grouped(scores, group_size)
-    adv = (g - g.mean(axis=1, keepdims=True)) / (g.std(axis=1, ddof=1, keepdims=True) + eps)
-    return adv.reshape(-1)
+    x = _shifted(g, g[:, :1])
+    centred = x - x.mean(axis=1, keepdims=True)
+    std = _scaled_std(centred, jnp.ones_like(centred), axis=1, ddof=1)
+    return (centred / (std + eps)).reshape(-1)
 
 
 def grpo_filter(scores: Float[Array, " B"], group_size: int, low: float = 0.1, high: float = 0.9) -> Bool[Array, " B"]:

@@ -17,6 +17,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+# Hidden-layer initializers: flax's default, and torch's kaiming_normal_(mode="fan_out",
+# nonlinearity="relu") = N(0, 2 / width) without truncation.
+HIDDEN_INITS = {
+    "lecun_normal": nn.initializers.lecun_normal(),
+    "kaiming_fan_out": nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+}
+
 
 class MLPHead(nn.Module):
     """Dense stack; ``last_std`` > 0 draws the output layer from N(0, last_std²), zero bias."""
@@ -25,19 +32,22 @@ class MLPHead(nn.Module):
     out: int
     activation: str = "relu"
     last_std: float = 0.0
+    hidden_init: str = "lecun_normal"
 
     @nn.compact
     def __call__(self, x):
         act = {"relu": nn.relu, "tanh": jnp.tanh}[self.activation]
         for i, width in enumerate(self.hidden):
-            x = act(nn.Dense(width, name=f"dense_{i}")(x))
+            x = act(nn.Dense(width, kernel_init=HIDDEN_INITS[self.hidden_init], name=f"dense_{i}")(x))
         kernel_init = nn.initializers.normal(self.last_std) if self.last_std > 0 else nn.initializers.lecun_normal()
         return nn.Dense(self.out, kernel_init=kernel_init, name="out")(x)
 
 
 def value_mlp(hidden: Sequence[int]) -> MLPHead:
-    # A small last layer keeps the initial values near 0, the scale of sparse success rewards.
-    return MLPHead(hidden=tuple(hidden), out=1, activation="relu", last_std=0.02)
+    # The reference's ValueHead (RLinf modules/value_head.py, `_init_weights`): ReLU, hidden layers
+    # kaiming-normal over fan-out, zero biases, last layer N(0, 0.02²) so initial values sit near
+    # 0, the scale of sparse success rewards.
+    return MLPHead(hidden=tuple(hidden), out=1, activation="relu", last_std=0.02, hidden_init="kaiming_fan_out")
 
 
 def noise_mlp(action_dim: int) -> MLPHead:
@@ -59,8 +69,9 @@ def value_from_tokens(
     mask: Bool[Array, "B T"] | None = None,
     detach: bool = False,
 ) -> Float[Array, " B"]:
-    """Value of the mean of (valid) token outputs: the action tokens of the expert, optionally only
-    the executed chunk (slice before calling), or the valid prefix tokens of the VLM."""
+    """Value of the mean of the token outputs where ``mask`` holds (all if None): the action tokens
+    of the expert, optionally only the executed chunk (slice before calling), or the VLM's prefix
+    tokens (``flow._prefix_value`` says which)."""
     x = tokens.astype(jnp.float32)
     if mask is None:
         pooled = x.mean(axis=1)

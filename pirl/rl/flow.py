@@ -74,7 +74,7 @@ class PolicySample:
     actions: Float[Array, "B H A"]  # x_K, the model-space action chunk (unnormalize + slice outside)
     transitions: Transitions
     logp: Array  # [B] chunk_level, [B, C] action_level, [B, C, E] token_level
-    value: Float[Array, " B"]
+    value: Float[Array, " B"]  # expert critic: mean over the K steps; VLM critic: the prefix's
 
 
 # ---------------------------------------------------------------- step formulas
@@ -168,9 +168,15 @@ def _expert_value(policy: FlowPolicyConfig, params, action_out):
     )
 
 
-def _prefix_value(policy: FlowPolicyConfig, params, prefix):
+def _prefix_value(policy: FlowPolicyConfig, params, prefix, prompt_len: int):
+    """The VLM critic on the mean prefix output over the present cameras' image tokens and every
+    prompt position, padding included: the reference's value_vlm_mode "mean_token"
+    (``get_value_from_vlm``: 256 tokens of each of the first num_images_in_input cameras and all
+    max_token_len prompt slots). A padded slot's query has no valid key and attends uniformly to
+    every position, here as in the reference, so a reference-trained critic sees its inputs."""
+    mask = prefix.mask.at[:, -prompt_len:].set(True)
     return critic.value_from_tokens(
-        params["value_head"], policy.value_hidden, prefix.out, prefix.mask, detach=policy.detach_critic_input
+        params["value_head"], policy.value_hidden, prefix.out, mask, detach=policy.detach_critic_input
     )
 
 
@@ -233,10 +239,12 @@ def sample(policy: FlowPolicyConfig, model_config, params, obs, rng: jax.Array, 
         trans = Transitions(chain=pick(chain, k_star), k=k_star)
         logp_elem = _select_step(step_logps, k_star)
     if policy.value_source == "expert":
-        values = step_values.T  # [B, K]
-        value = values.mean(axis=1) if policy.joint_logprob else _select_step(values, k_star)
+        # The rollout value is the critic averaged over all K steps' expert outputs, one-step SDE
+        # included (the reference's `_sample_actions_with_prefix_cache`); GAE, the returns and the
+        # value-clip anchor use it, while re-scoring (`_score`) regresses the scored step's value.
+        value = step_values.mean(axis=0)
     elif policy.value_source == "vlm":
-        value = _prefix_value(policy, params, prefix)
+        value = _prefix_value(policy, params, prefix, obs.tokenized_prompt.shape[1])
     else:
         value = zeros
     return PolicySample(actions=x_last, transitions=trans, logp=reduce_logp(policy, logp_elem), value=value)
@@ -247,7 +255,11 @@ def _select_step(x: Float[Array, "B K ..."], k: Int[Array, " B"]) -> Float[Array
 
 
 def _score(policy: FlowPolicyConfig, model_config, params, obs, prefix, trans: Transitions):
-    """(log-prob [reduced], per-sample entropy [B], value [B]) of stored transitions."""
+    """(log-prob [reduced], per-sample entropy [B], value [B]) of stored transitions.
+
+    The value is what the update regresses, as the reference's ``get_log_prob_value`` /
+    ``default_forward``: one-step SDE the critic at the scored step k*, joint the mean over the K
+    steps, VLM critic the prefix's."""
     batch = trans.chain.shape[0]
     yes = jnp.ones((batch,), bool)
     if policy.joint_logprob:
@@ -276,7 +288,7 @@ def _score(policy: FlowPolicyConfig, model_config, params, obs, prefix, trans: T
         entropy = executed(policy, gaussian_entropy(std)).mean(axis=(1, 2))
         value = _expert_value(policy, params, action_out) if policy.value_source == "expert" else None
     if policy.value_source == "vlm":
-        value = _prefix_value(policy, params, prefix)
+        value = _prefix_value(policy, params, prefix, obs.tokenized_prompt.shape[1])
     if value is None:
         value = jnp.zeros((batch,), jnp.float32)
     return reduce_logp(policy, logp_elem), entropy, value

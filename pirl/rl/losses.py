@@ -2,8 +2,10 @@
 
 Axis letters: N samples (chunk steps of envs); a log-prob may carry trailing axes (C executed chunk,
 A env action dims) depending on its reduction level, written ``...``. Every sample has a weight
-w ≥ 0 (0 for masked-out steps, T/valid_steps otherwise; see ``advantages.trajectory_weights``);
-losses are the mean over all entries of w·loss, metrics are means over entries with w > 0.
+w ≥ 0 (0 for masked-out steps, max_episode_steps / valid env steps otherwise; see
+``advantages.trajectory_weights``); the policy and value losses are the mean over all entries of
+w·loss (the reference's ``masked_mean_ratio``), the entropy term and the metrics are plain means
+over the entries with w > 0.
 """
 
 from __future__ import annotations
@@ -111,6 +113,9 @@ def explained_variance(
 def entropy_bonus(
     entropy: Float[Array, " N"], weights: Float[Array, " N"], coef: float
 ) -> tuple[Float[Array, ""], dict[str, Float[Array, ""]]]:
-    """Loss term −coef·mean entropy (subtracted, so higher entropy lowers the loss)."""
-    ent = weighted_mean(entropy, weights)
-    return -coef * ent, {"entropy": valid_mean(entropy, weights)}
+    """Loss term −coef·(mean entropy over valid samples); subtracted, so higher entropy lowers the
+    loss. Unweighted, as the reference's ``masked_mean(entropy, loss_mask)`` (RLinf
+    ``embodied_fsdp_actor_worker.train_micro_batch``): the trajectory weights scale only the policy
+    and value losses."""
+    ent = valid_mean(entropy, weights)
+    return -coef * ent, {"entropy": ent}

@@ -24,10 +24,18 @@ inside its own program instead:
   every other step      a forward-only pass over the rollout under the incoming params, run
                         before the first step (skipped when there is one step in all).
 Matching a separate pass bit for bit would depend on XLA's fusion and micro-batch layout; the
-stop_gradient form is exact whatever the compiler does. The values are recomputed the same way, for
-value clipping only: its trust region is around the critic the update starts from, while returns
-and advantages keep the rollout's values they were computed with. ``logp_recompute_diff`` logs
+stop_gradient form is exact whatever the compiler does. ``logp_recompute_diff`` logs
 max |θ_old log-prob − rollout log-prob| so a sampler/trainer mismatch stays visible.
+
+Values. The value-clip anchor is the rollout's value (``Batch.value_old``), the one GAE and the
+returns were computed with, as the reference's ``prev_values``: for the one-step Flow-SDE critic
+that is the mean over the K denoising steps, while the update regresses the value at the scored
+step k* (see ``flow.sample`` / ``flow.score``), so a recomputed value would be another quantity.
+
+Learning rates. ``lr_schedule`` "cosine" multiplies both lr and value_lr by the factor of an optax
+cosine decay (to ``min_lr_ratio``, over ``lr_decay_steps``) evaluated at ``TrainState.step``, the
+number of iterations done: one schedule step per iteration whatever the optimizer steps inside it,
+as the reference steps its scheduler once per training call, and restored with the state on resume.
 
 Axis letters: N rollout samples, E epochs, M minibatches, U micro-batches per minibatch, b micro
 batch size.
@@ -51,6 +59,7 @@ from pirl.rl import flow, losses
 
 TRAINABLE_SETS = ("full", "expert_only", "lora")
 HEAD_KEYS = ("value_head", "noise_head")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,11 +82,20 @@ class UpdateConfig:
     value_coef: float = 1.0
     entropy_bonus: float = 0.0
     shuffle: bool = True
-    recompute_logp: bool = True  # θ_old log-probs/values from the update's own program (module doc)
+    recompute_logp: bool = True  # θ_old log-probs from the update's own program (module doc)
+    lr_schedule: str = "constant"  # "constant" | "cosine" (per iteration; module doc)
+    lr_decay_steps: int = 0  # cosine: iterations from lr to min_lr_ratio·lr (then held)
+    min_lr_ratio: float = 0.0  # cosine: final lr / lr, for the policy and the value head alike
 
     def __post_init__(self):
         if self.algorithm not in ("ppo", "grpo"):
             raise ValueError(f"algorithm must be 'ppo' or 'grpo', got {self.algorithm!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.lr_schedule == "cosine" and self.lr_decay_steps < 1:
+            raise ValueError(f"lr_schedule 'cosine' needs lr_decay_steps >= 1, got {self.lr_decay_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         if self.trainable not in TRAINABLE_SETS:
             raise ValueError(f"trainable must be one of {TRAINABLE_SETS}, got {self.trainable!r}")
         if self.minibatch_size % self.micro_batch_size:
@@ -104,7 +122,7 @@ class Batch:
     value_old: Float[Array, " N"]
     advantages: Float[Array, " N"]
     returns: Float[Array, " N"]
-    weights: Float[Array, " N"]  # 0 for masked samples, T/valid_steps otherwise
+    weights: Float[Array, " N"]  # 0 for masked samples, max_episode_steps/valid env steps otherwise
 
 
 # ---------------------------------------------------------------- trainable sets
@@ -154,20 +172,53 @@ def merge_params(train, frozen):
     return jax.tree.map(lambda a, b: b if a is None else a, train, frozen, is_leaf=lambda x: x is None)
 
 
-def make_optimizer(config: UpdateConfig, train_labels) -> optax.GradientTransformation:
-    """Global-norm clip over all trainable leaves, then AdamW per group (value head at value_lr)."""
+def lr_factor(config: UpdateConfig, iteration: Int[Array, ""] | int) -> Float[Array, ""]:
+    """The multiplier of lr and value_lr at ``iteration`` (0-based, = ``TrainState.step``).
 
-    def adamw(lr):
-        return optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
+    cosine: min_lr_ratio + (1 − min_lr_ratio)·½(1 + cos(π·i / lr_decay_steps)), held at
+    min_lr_ratio after lr_decay_steps: the reference's "cosine" (HF transformers
+    ``get_cosine_with_min_lr_schedule_with_warmup``, no warm-up, half a cycle) as an optax schedule.
+    """
+    if config.lr_schedule == "constant":
+        return jnp.ones((), jnp.float32)
+    schedule = optax.cosine_decay_schedule(1.0, config.lr_decay_steps, alpha=config.min_lr_ratio)
+    return jnp.asarray(schedule(iteration), jnp.float32)
+
+
+def learning_rates(config: UpdateConfig, iteration: Int[Array, ""] | int) -> tuple[Array, Array]:
+    """(policy lr, value lr) used by the update of iteration ``iteration``."""
+    factor = lr_factor(config, iteration)
+    return config.lr * factor, config.value_lr * factor
+
+
+def make_optimizer(
+    config: UpdateConfig, train_labels, iteration: Int[Array, ""] | int = 0
+) -> optax.GradientTransformation:
+    """Global-norm clip over all trainable leaves, then AdamW per group (value head at value_lr),
+    at the learning rates of ``iteration``. The optimizer state's layout does not depend on the
+    rates, so one state serves every iteration."""
+    lr, value_lr = learning_rates(config, iteration)
+
+    def adamw(rate):
+        return optax.adamw(rate, b1=config.b1, b2=config.b2, eps=config.eps, weight_decay=config.weight_decay)
 
     return optax.chain(
         optax.clip_by_global_norm(config.grad_clip),
-        optax.multi_transform({"policy": adamw(config.lr), "value": adamw(config.value_lr)}, train_labels),
+        optax.multi_transform({"policy": adamw(lr), "value": adamw(value_lr)}, train_labels),
     )
 
 
 def init_train_state(config: UpdateConfig, params) -> TrainState:
+    """Step 0 of ``params``: the trainable leaves become float32 masters (and so do their AdamW
+    moments) whatever dtype they arrive in; frozen leaves are kept as they are."""
     labels = param_labels(config.trainable, params)
+
+    def master(p, label):
+        if label == "frozen" or not jnp.issubdtype(p.dtype, jnp.floating) or p.dtype == jnp.float32:
+            return p
+        return p.astype(jnp.float32)  # numpy stays on the host, jax arrays where they are
+
+    params = jax.tree.map(master, params, labels)
     train, _ = split_params(params, labels)
     train_labels, _ = split_params(labels, labels)
     opt_state = make_optimizer(config, train_labels).init(train)
@@ -188,13 +239,14 @@ def _loss(
     frozen,
     mb: Batch,
     first: bool | Array = False,
-    pre: tuple[Array, Array] | None = None,
+    pre: Array | None = None,
 ):
     """Loss and metrics of one micro-batch.
 
-    ``first``: params are still θ_old (epoch 0, minibatch 0). ``pre``: θ_old's (log-prob, value)
-    from the update's forward-only pass; with ``recompute_logp`` they stand in for the rollout's
-    ``mb.logp_old`` / ``mb.value_old`` (which are used if ``pre`` is None).
+    ``first``: params are still θ_old (epoch 0, minibatch 0). ``pre``: θ_old's log-prob from the
+    update's forward-only pass; with ``recompute_logp`` it stands in for the rollout's
+    ``mb.logp_old`` (which is used if ``pre`` is None). The value-clip anchor is always the
+    rollout's ``mb.value_old`` (module doc).
     """
     params = merge_params(train, frozen)
     logp, entropy, value = flow.score(
@@ -203,21 +255,19 @@ def _loss(
     if logp.shape != mb.logp_old.shape:
         raise ValueError(f"logp {logp.shape} and logp_old {mb.logp_old.shape} differ in shape")
     if config.recompute_logp:
-        pre_logp, pre_value = pre if pre is not None else (mb.logp_old, mb.value_old)
+        pre_logp = pre if pre is not None else mb.logp_old
         # Both branches have derivative 1 in logp; the first is 0 by IEEE subtraction of a value
         # from itself, not by two programs happening to round alike.
         log_ratio = jnp.where(first, logp - jax.lax.stop_gradient(logp), logp - pre_logp)
         logp_theta_old = jnp.where(first, jax.lax.stop_gradient(logp), pre_logp)
-        value_old = jnp.where(first, jax.lax.stop_gradient(value), pre_value)
     else:
         log_ratio = logp - mb.logp_old
         # Only meaningful on the first step (params = θ_old); ``update`` reports it from there.
         logp_theta_old = jax.lax.stop_gradient(logp)
-        value_old = mb.value_old
     total, metrics = losses.clipped_surrogate(log_ratio, mb.advantages, mb.weights, config.clip_eps)
     metrics["logp_recompute_diff"] = losses.valid_max_abs(logp_theta_old - mb.logp_old, mb.weights)
     if config.algorithm == "ppo":
-        vl, vm = losses.value_loss(value, value_old, mb.returns, mb.weights, config.value_clip, config.huber_delta)
+        vl, vm = losses.value_loss(value, mb.value_old, mb.returns, mb.weights, config.value_clip, config.huber_delta)
         total = total + config.value_coef * vl
         metrics |= vm
     ent_loss, em = losses.entropy_bonus(entropy, mb.weights, config.entropy_bonus)
@@ -271,7 +321,8 @@ def update(
 ) -> tuple[TrainState, dict[str, Float[Array, "E M"]]]:
     """Runs all epochs × minibatches × micro-batches; returns the new state and per-minibatch
     metrics (policy/value losses, approx_kl, clip_fraction, ratio, value_clip_ratio,
-    explained_variance, entropy, grad_norm, skipped, logp_recompute_diff).
+    explained_variance, entropy, grad_norm, skipped, logp_recompute_diff, and the iteration's lr and
+    value_lr).
 
     The batch lies on ``shards`` pieces of N/shards consecutive rows (default: the mesh's devices,
     1 without a mesh); every micro-batch takes an equal share of rows from each piece, shuffled
@@ -295,7 +346,8 @@ def update(
     labels = param_labels(config.trainable, state.params)
     train, frozen = split_params(state.params, labels)
     train_labels, _ = split_params(labels, labels)
-    tx = make_optimizer(config, train_labels)
+    tx = make_optimizer(config, train_labels, state.step)
+    lr, value_lr = learning_rates(config, state.step)
     grad_fn = jax.value_and_grad(functools.partial(_loss, policy, model_config, config), has_aux=True)
 
     def constrain(x):
@@ -327,7 +379,7 @@ def update(
         updates, new_opt = tx.update(grads, opt_state, tr)
         new_tr = optax.apply_updates(tr, updates)
         ok = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
-        metrics |= {"grad_norm": grad_norm, "skipped": (~ok).astype(jnp.float32)}
+        metrics |= {"grad_norm": grad_norm, "skipped": (~ok).astype(jnp.float32), "lr": lr, "value_lr": value_lr}
         carry = (_where_tree(ok, new_tr, tr), _where_tree(ok, new_opt, opt_state), skipped + (~ok))
         return carry, metrics
 
@@ -358,13 +410,12 @@ def update(
 _MAX_METRICS = ("logp_recompute_diff",)
 
 
-def _recompute_old(policy: flow.FlowPolicyConfig, model_config, params, shaped: Batch) -> tuple[Array, Array]:
-    """θ_old's (log-prob, value) of every sample, forward only, micro-batch by micro-batch:
-    ([M, U, b, ...], [M, U, b])."""
+def _recompute_old(policy: flow.FlowPolicyConfig, model_config, params, shaped: Batch) -> Array:
+    """θ_old's log-prob of every sample, forward only, micro-batch by micro-batch: [M, U, b, ...]."""
 
     def one(mb: Batch):
-        logp, _, value = flow.score(policy, model_config, params, mb.obs, mb.transitions, prefix_grad=False)
-        return logp, value
+        logp, _, _ = flow.score(policy, model_config, params, mb.obs, mb.transitions, prefix_grad=False)
+        return logp
 
     return jax.lax.map(lambda mbs: jax.lax.map(one, mbs), shaped)
 
