@@ -347,7 +347,8 @@ class EnvPool:
             reset_now=reset_now,
             final_obs=self._batch_obs(final, rows, "final/") if auto else None,
         )
-        self.tracker.start(_scatter(self.num_envs, rows, reset_now))
+        if reset_now.any():  # rare; the tracker's masked writes cost more than this check
+            self.tracker.start(_scatter(self.num_envs, rows, reset_now))
         return result
 
     def step_chunk(self, actions: Float32[np.ndarray, "N T A"]) -> base.ChunkResult:
@@ -355,6 +356,9 @@ class EnvPool:
         actions = np.asarray(actions, np.float32)
         if actions.ndim != 3 or actions.shape[0] != self.num_envs:
             raise ValueError(f"actions must have shape ({self.num_envs}, T, A), got {actions.shape}")
+        if self.cfg.num_stages == 1:  # the common case: no row gather, no result concatenation
+            self.send_step(0, actions)
+            return self.recv_step(0)
         for s in range(self.cfg.num_stages):
             self.send_step(s, actions[self.stage_envs(s)])
         return _concat_results([self.recv_step(s) for s in range(self.cfg.num_stages)])
