@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Mapping
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_dict, config_flags
 
 from pirl import experiment, sharding
@@ -100,5 +101,17 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+def quiet_library_logs() -> None:
+    """Keeps Python logging at WARNING unless ``--verbosity`` (or ``-v``) is given: absl's app.run
+    raises it to INFO, and orbax (a dozen lines per checkpoint save), JAX and absl would then bury
+    the progress bar. ``--verbosity=0`` brings the INFO lines back."""
+    if not flags.FLAGS["verbosity"].present:
+        absl_logging.set_verbosity(absl_logging.WARNING)
+
+
 def run(main: Callable[[list[str]], None]) -> None:
-    app.run(main, flags_parser=parse_flags)
+    def quiet_main(argv: list[str]) -> None:
+        quiet_library_logs()
+        main(argv)
+
+    app.run(quiet_main, flags_parser=parse_flags)

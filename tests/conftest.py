@@ -1,6 +1,9 @@
-"""Test-wide setup: CPU only, 8 fake host devices so mesh and sharding code runs on a laptop."""
+"""Test-wide setup: CPU only, 8 fake host devices so mesh and sharding code runs on a laptop; tests
+marked ``libero_assets`` skip, with the reason, where LIBERO's scene assets are not found."""
 
 import os
+
+import pytest
 
 # Must happen before jax is imported anywhere.
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -12,3 +15,13 @@ if "xla_force_host_platform_device_count" not in _flags:
 if "xla_backend_optimization_level" not in _flags:
     _flags = f"{_flags} --xla_backend_optimization_level=0".strip()
 os.environ["XLA_FLAGS"] = _flags
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("libero_assets") is not None:
+        from pirl.envs import libero  # numpy only: no JAX before the flags above matter
+
+        try:
+            libero.find_assets()
+        except FileNotFoundError as e:
+            pytest.skip(str(e))

@@ -7,8 +7,6 @@ import sys
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Test assets live beside the repository (see ../shared/libero-assets/README.md).
-LIBERO_ASSETS = os.environ.get("PIRL_LIBERO_ASSETS", os.path.join(ROOT, "..", "shared", "libero-assets"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,7 +20,6 @@ nbclient = pytest.importorskip("nbclient")
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 NB_DIR = ROOT / "launch" / "colab"
 NOTEBOOKS = ("quickstart.ipynb", "eval_checkpoint.ipynb", "denoising_chain.ipynb")
-LIBERO_ASSETS = os.environ.get("PIRL_LIBERO_ASSETS", str(ROOT.parent / "shared" / "libero-assets"))
 
 
 def _parameters_cell(nb) -> int:
@@ -142,6 +141,7 @@ def tiny_libero_checkpoint(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.libero_assets
 def test_eval_checkpoint_notebook(tmp_path, tiny_libero_checkpoint):
     pytest.importorskip("libero")
     workdir = tmp_path / "eval_run"
@@ -153,7 +153,6 @@ def test_eval_checkpoint_notebook(tmp_path, tiny_libero_checkpoint):
         "NUM_TRIALS": 1,
         "MAX_STEPS": 10,
         "NUM_ENVS": 1,
-        "LIBERO_ASSETS": LIBERO_ASSETS,
         "WORKDIR": str(workdir),
     }
     nb = execute("eval_checkpoint.ipynb", params, tmp_path)
@@ -168,6 +167,7 @@ def test_eval_checkpoint_notebook(tmp_path, tiny_libero_checkpoint):
 
 
 @pytest.mark.slow
+@pytest.mark.libero_assets
 def test_denoising_chain_notebook(tmp_path, tiny_libero_checkpoint):
     pytest.importorskip("libero")
     workdir = tmp_path / "chain"
@@ -177,7 +177,6 @@ def test_denoising_chain_notebook(tmp_path, tiny_libero_checkpoint):
         "NUM_STEPS": 3,
         "NOISE_LEVEL": 0.5,
         "DIMS": (0, 6),
-        "LIBERO_ASSETS": LIBERO_ASSETS,
         "WORKDIR": str(workdir),
     }
     nb = execute("denoising_chain.ipynb", params, tmp_path)

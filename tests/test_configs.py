@@ -364,14 +364,16 @@ def _one_iteration(name: str, arg: str, workdir) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name,arg", [("metaworld_ppo", "benchmark=mt50"), ("libero_ppo", "suite=spatial"), ("libero_grpo", "suite=spatial")]
+    "name,arg",
+    [
+        ("metaworld_ppo", "benchmark=mt50"),
+        pytest.param("libero_ppo", "suite=spatial", marks=pytest.mark.libero_assets),
+        pytest.param("libero_grpo", "suite=spatial", marks=pytest.mark.libero_assets),
+    ],
 )
-def test_shrunk_recipe_trains_one_iteration(name, arg, tmp_path, monkeypatch):
+def test_shrunk_recipe_trains_one_iteration(name, arg, tmp_path):
     if name.startswith("libero"):
         pytest.importorskip("libero")
-        from envs_helpers import LIBERO_ASSETS
-
-        monkeypatch.setenv("PIRL_LIBERO_ASSETS", LIBERO_ASSETS)
     else:
         pytest.importorskip("metaworld")
     _one_iteration(name, arg, tmp_path)

@@ -1,5 +1,6 @@
 """The simulator benchmark runs end to end (on the toy simulator, which needs no physics)."""
 
+import os
 import pathlib
 
 import numpy as np
@@ -42,17 +43,19 @@ def test_pool_workers_start_with_the_thread_env():
 
 def test_vs_gym_counts_the_same_steps_on_both_sides(capsys):
     # The toy sim runs 10**9-step episodes here: every chunk executes all its steps on both sides.
+    environ = dict(os.environ)
     rows = bench.main(["--vs-gym", "toy", "--max-procs", "2", "--seconds", "0.3", "--rounds", "2", "--size", "16"])
     assert [(r[0], r[1]) for r in rows] == [(False, 0), (True, 0)]
     assert all(r[2] > 0 and r[3] > 0 and abs(r[4] - r[2] / r[3]) < 1e-9 for r in rows)
     out = capsys.readouterr().out
     assert "AsyncVectorEnv" in out and "ratio" in out
+    assert dict(os.environ) == environ  # the workers' thread settings were set only around spawning
 
 
 def test_gym_chunk_env_ends_episodes_where_a_pool_worker_does():
     # max_steps = 7 with chunks of 5: the second chunk stops after 2 steps and reports truncation,
     # as worker.Worker.step does (steps >= spec.max_steps).
-    env = vs_gym.ChunkEnvFactory(toy.ToyConfig(max_steps=7), None, 5, seed=0)()
+    env = vs_gym.ChunkEnvFactory(toy.ToyConfig(max_steps=7), 5, seed=0)()
     env.reset()
     actions = np.zeros((5, env.spec.action_dim), np.float32)
     _, _, term, trunc, info = env.step(actions)
@@ -60,3 +63,13 @@ def test_gym_chunk_env_ends_episodes_where_a_pool_worker_does():
     _, _, term, trunc, info = env.step(actions)
     assert info["steps"] == 2 and trunc and not term
     env.close()
+
+
+def test_a_simulator_without_its_assets_is_skipped_with_the_reason(capsys, monkeypatch, tmp_path):
+    from pirl.envs import libero
+
+    monkeypatch.setenv(libero.ASSETS_ENV, str(tmp_path))  # a folder without LIBERO's scenes
+    rows = bench.main(["--sims", "libero", "toy", "--max-procs", "1", "--seconds", "0.2", "--size", "16"])
+    assert {r[0] for r in rows} == {"toy"}
+    out = capsys.readouterr().out
+    assert f"libero     skipped: LIBERO assets dir '{tmp_path}' ($PIRL_LIBERO_ASSETS) has no 'scenes' folder" in out

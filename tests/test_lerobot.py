@@ -1,4 +1,5 @@
-"""LeRobot v2 reader on a dataset the test writes itself, and pirl.sft.run from it to a checkpoint."""
+"""LeRobot v2 reader on an image (PNG) dataset the test writes itself, and pirl.sft.run from it to a
+checkpoint (video datasets: test_lerobot_video.py)."""
 
 import io
 import json
@@ -110,8 +111,10 @@ def test_bad_datasets_fail_with_named_causes(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"LeRobot dataset not found: .*nowhere"):
         lerobot.load(missing)
     write_dataset(tmp_path / "ds")
-    # Every image-like feature by default: the video one cannot be decoded.
-    with pytest.raises(NotImplementedError, match=re.escape(f"feature '{VIDEO}' is stored as video")):
+    # Every image-like feature by default: the video one has no video files to come from.
+    with pytest.raises(
+        ValueError, match=re.escape(f"feature '{VIDEO}' is a video but meta/info.json has no video_path")
+    ):
         lerobot.load(tmp_path / "ds")
     with pytest.raises(KeyError, match=r"no state feature 'observation\.joints'"):
         lerobot.load(tmp_path / "ds", lerobot.LeRobotKeys(images=(FRONT,), state="observation.joints"))
@@ -119,8 +122,12 @@ def test_bad_datasets_fail_with_named_causes(tmp_path):
         lerobot.load(tmp_path / "ds", lerobot.LeRobotKeys(images=("cam",)))
     with pytest.raises(KeyError, match=r"episodes \[7\]"):
         lerobot.load(tmp_path / "ds", KEYS, episodes=[7])
+    write_dataset(tmp_path / "v1", version="v1.6")
+    with pytest.raises(ValueError, match=r"codebase_version 'v1\.6' is not one of \('v2\.0', 'v2\.1', 'v3\.0'\)"):
+        lerobot.load(tmp_path / "v1", KEYS)
+    # v3.0 in info.json over a v2 layout: the v3 episode metadata is missing.
     write_dataset(tmp_path / "v3", version="v3.0")
-    with pytest.raises(ValueError, match=r"codebase_version 'v3\.0'"):
+    with pytest.raises(FileNotFoundError, match=r"no parquet files under .*v3/meta/episodes"):
         lerobot.load(tmp_path / "v3", KEYS)
 
 

@@ -10,7 +10,9 @@
 #   build; anything later that asks for "torch" is then satisfied and no CUDA wheels are pulled.
 # - LIBERO: hf-libero declares heavy extras it never uses to run envs (robomimic, transformers,
 #   wandb, ...). It is installed with --no-deps plus its real runtime needs, and a config.yaml is
-#   written so that importing it never calls input().
+#   written so that importing it never calls input(). Its scene assets are downloaded from the
+#   Hugging Face Hub when it is reachable (else one line says what to do), and robosuite gets the
+#   private macros file without which every import warns.
 # - ManiSkill3 on CPU needs a Vulkan driver; Debian 12's lavapipe (Mesa 22.3) cannot create a
 #   device, Mesa 25 from bookworm-backports can.
 set -euo pipefail
@@ -68,6 +70,11 @@ if want libero; then
   has_py libero || pipi --no-deps hf-libero==0.1.4
   # A config file so `import libero.libero` never prompts; see write_libero_config.py.
   [[ -f "$HERE/write_libero_config.py" ]] && "$PY" "$HERE/write_libero_config.py"
+  # robosuite warns "No private macro file found!" at every import until macros_private.py exists
+  # (its scripts/setup_macros.py copies macros.py there); find_spec does not import it.
+  rs_dir=$("$PY" -c "import importlib.util as u, os; print(os.path.dirname(u.find_spec('robosuite').origin))")
+  [[ -f "$rs_dir/macros_private.py" ]] || cp "$rs_dir/macros.py" "$rs_dir/macros_private.py"
+  [[ -f "$HERE/download_libero_assets.py" ]] && "$PY" "$HERE/download_libero_assets.py"
 fi
 if want maniskill; then
   has_py mani_skill || pipi mani-skill==3.0.1 sapien==3.0.3 mplib==0.1.1 pytorch_kinematics==0.7.6

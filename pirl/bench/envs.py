@@ -34,8 +34,6 @@ import numpy as np
 
 from pirl.envs import libero, maniskill, metaworld, pool, toy
 
-LIBERO_ASSETS_DEFAULT = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "libero-assets")
-
 
 def make_factory(sim: str, render: bool, size: int, backend: str = "cpu"):
     """(factory, action_dim, gl) for one simulator, restricted to a single task; ``backend`` "gpu"
@@ -46,13 +44,12 @@ def make_factory(sim: str, render: bool, size: int, backend: str = "cpu"):
         cfg = metaworld.MetaWorldConfig(benchmark="reach-v3", image_size=(size, size), render=render)
         return cfg, 4, "egl"
     if sim == "libero":
-        assets = os.environ.get(libero.ASSETS_ENV, LIBERO_ASSETS_DEFAULT)
         cfg = libero.LiberoConfig(
             suite="libero_spatial",
             task_subset=(0,),
             image_size=(size, size),
             render=render,
-            assets_dir=assets,
+            assets_dir=libero.find_assets(),  # here, not in the workers: a missing folder is one line
             max_steps=900,
         )
         return cfg, 7, "egl"
@@ -133,6 +130,11 @@ def main(argv=None):
     )
     renders = {"both": (False, True), "off": (False,), "on": (True,)}[args.render]
     for sim in args.sims:
+        try:
+            make_factory(sim, False, args.size)
+        except (ImportError, FileNotFoundError) as e:  # not installed, or LIBERO without its assets
+            print(f"{sim:<10} skipped: {e}", flush=True)
+            continue
         for render in renders:
             base_rate = None
             for procs in range(1, args.max_procs + 1):

@@ -187,8 +187,9 @@ def compare_openpi(config: pi0.Pi0Config, batch: int, steps: int, iters: int, ch
     theirs = jax.jit(openpi_sample, static_argnames="num_steps").lower(params, obs, noise, num_steps=steps).compile()
     diff = openpi_side.max_abs_diff(ours(params, obs, noise), theirs(params, obs, noise))
     times = {"pirl": [], "openpi": []}
-    for _ in range(iters):
-        for name, fn in (("pirl", ours), ("openpi", theirs)):
+    for i in range(iters):
+        # Who goes first swaps every call: a load that drifts during the run then favours neither.
+        for name, fn in (("pirl", ours), ("openpi", theirs))[:: 1 if i % 2 == 0 else -1]:
             t0 = time.perf_counter()
             fn(params, obs, noise).block_until_ready()
             times[name].append(time.perf_counter() - t0)

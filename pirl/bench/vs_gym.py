@@ -10,6 +10,7 @@ and the load average over the run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -30,16 +31,30 @@ class ChunkEnvFactory:
     """Picklable ``() -> ChunkEnv`` for gymnasium's vector envs (spawned workers)."""
 
     factory: Callable[[int, int], base.SimGroup]
-    gl: str | None
     chunk: int
     seed: int
 
     def __call__(self):
-        # The worker's environment, set before any simulator import (as EnvPool does for its own).
-        os.environ.update(pool.worker_thread_env(1))
-        if self.gl is not None:
-            os.environ["MUJOCO_GL"] = os.environ["PYOPENGL_PLATFORM"] = self.gl
         return ChunkEnv(self.factory(0, 1), self.chunk, self.seed)
+
+
+@contextlib.contextmanager
+def _worker_environ(gl: str | None):
+    """The environment EnvPool gives its workers (thread pools, GL backend), for processes spawned
+    inside the block: they inherit it before importing anything."""
+    env = pool.worker_thread_env(1)
+    if gl is not None:
+        env.update(MUJOCO_GL=gl, PYOPENGL_PLATFORM=gl)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class ChunkEnv(gym.Env):
@@ -146,10 +161,11 @@ def compare(
     rng = np.random.default_rng(0)
     act = lambda: rng.uniform(-0.1, 0.1, (procs, chunk, action_dim)).astype(np.float32)
     out = {"pool": [], "gym": [], "load": [], "busy": busy}
-    env_fns = [ChunkEnvFactory(factory, gl, chunk, seed=i) for i in range(procs)]
+    env_fns = [ChunkEnvFactory(factory, chunk, seed=i) for i in range(procs)]
     cfg = pool.PoolConfig(procs, 1, auto_reset=True, gl=gl)
     with pool.EnvPool(factory, cfg) as p:
-        gym_env = AsyncVectorEnv(env_fns, context="spawn", autoreset_mode=AutoresetMode.SAME_STEP)
+        with _worker_environ(gl):
+            gym_env = AsyncVectorEnv(env_fns, context="spawn", autoreset_mode=AutoresetMode.SAME_STEP)
         try:
             p.reset(np.zeros((procs, 2), np.int64))
             gym_env.reset(seed=0)

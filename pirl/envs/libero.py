@@ -15,9 +15,11 @@ Reward: +1 on the first step the BDDL goal holds; the episode terminates there.
 Setup the package itself lacks for unattended use:
 - ``import libero.libero`` asks questions on stdin when it finds no config file; ``write_config``
   writes one and ``LIBERO_CONFIG_PATH`` points at it before the first import.
-- Scene/object assets are not in the wheel; ``assets_dir`` (or $PIRL_LIBERO_ASSETS) names a
-  folder with them (third_party/README.md says how to get them). Without it LIBERO tries to
-  download them at env creation.
+- Scene/object assets are not in the wheel. ``find_assets`` looks for them where LIBERO users
+  keep them: ``assets_dir`` / $PIRL_LIBERO_ASSETS, else the package's own ``libero/libero/assets``
+  (a source install of LIBERO), else ``~/.cache/libero/assets`` (where hf-libero, the build LeRobot
+  uses, downloads the Hugging Face dataset ``lerobot/libero-assets``); with none it fails with one
+  line saying how to get them, instead of LIBERO's download attempt at env creation.
 - Rendering: MuJoCo via MUJOCO_GL=egl or osmesa. robosuite draws with whichever GL context is
   current (the most recently created one in the process, or none after another env freed its
   own), so every sim makes its own context current before anything renders; any number of envs
@@ -67,6 +69,14 @@ UNION = "libero_130"
 # openpi's no-op: no motion, gripper open.
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)
 ASSETS_ENV = "PIRL_LIBERO_ASSETS"
+# hf-libero 0.1.4, libero/libero/utils/download_utils.py: HF_ASSETS_REPO_ID and the cache folder
+# that download_assets_from_huggingface() fills (LeRobot's LIBERO env installs hf-libero).
+ASSETS_REPO = "lerobot/libero-assets"
+ASSETS_CACHE = os.path.join("~", ".cache", "libero", "assets")
+ASSETS_HELP = (
+    f"run third_party/install_sims.sh on a machine that reaches the Hugging Face Hub (it downloads "
+    f"{ASSETS_REPO} to {ASSETS_CACHE}), or set {ASSETS_ENV} to a folder holding them"
+)
 
 
 def quat_to_axis_angle(quat: Float[np.ndarray, " 4"]) -> Float[np.ndarray, " 3"]:
@@ -94,22 +104,56 @@ def default_config_dir() -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "pirl", "libero")
 
 
+def has_assets(path: str) -> bool:
+    """Whether ``path`` looks like LIBERO's assets folder (it has the ``scenes`` subfolder)."""
+    return os.path.isdir(os.path.join(path, "scenes"))
+
+
+def package_assets_dir() -> str | None:
+    """``libero/libero/assets`` inside the installed LIBERO package (present in source installs);
+    None when LIBERO is not installed. Imports nothing from LIBERO."""
+    spec = importlib.util.find_spec("libero")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return os.path.join(next(iter(spec.submodule_search_locations)), "libero", "assets")
+
+
+def find_assets(assets_dir: str | None = None) -> str:
+    """The absolute path of LIBERO's scene/object assets: ``assets_dir``, else $PIRL_LIBERO_ASSETS,
+    else the LIBERO package's own folder, else hf-libero's download cache (~/.cache/libero/assets).
+
+    Raises FileNotFoundError (one line) when a named folder lacks them or none is found."""
+    named = assets_dir or os.environ.get(ASSETS_ENV)
+    if named:
+        path = os.path.abspath(os.path.expanduser(named))
+        if not has_assets(path):
+            source = "assets_dir" if assets_dir else f"${ASSETS_ENV}"
+            raise FileNotFoundError(f"LIBERO assets dir {path!r} ({source}) has no 'scenes' folder; {ASSETS_HELP}")
+        return path
+    candidates = [package_assets_dir(), os.path.expanduser(ASSETS_CACHE)]
+    for path in filter(None, candidates):
+        if has_assets(path):
+            return os.path.abspath(path)
+    searched = ", ".join(filter(None, candidates))
+    raise FileNotFoundError(f"LIBERO assets not found ({ASSETS_ENV} unset; searched {searched}): {ASSETS_HELP}")
+
+
 def write_config(config_dir: str, assets_dir: str | None = None) -> str:
     """Writes ``config_dir/config.yaml`` pointing at the installed package's BDDL files and init
     states (and ``assets_dir`` if given); returns the file path. Imports nothing from LIBERO."""
     # Late: PyYAML is needed only to configure LIBERO.
     import yaml
 
-    spec = importlib.util.find_spec("libero")
-    if spec is None or not spec.submodule_search_locations:
+    package_assets = package_assets_dir()
+    if package_assets is None:
         raise ImportError("LIBERO is not installed; run third_party/install_sims.sh")
-    root = os.path.join(next(iter(spec.submodule_search_locations)), "libero")
+    root = os.path.dirname(package_assets)
     paths = {
         "benchmark_root": root,
         "bddl_files": os.path.join(root, "bddl_files"),
         "init_states": os.path.join(root, "init_files"),
         "datasets": os.path.join(os.path.dirname(root), "datasets"),
-        "assets": os.path.abspath(assets_dir) if assets_dir else os.path.join(root, "assets"),
+        "assets": os.path.abspath(assets_dir) if assets_dir else package_assets,
     }
     os.makedirs(config_dir, exist_ok=True)
     path = os.path.join(config_dir, "config.yaml")
@@ -120,8 +164,8 @@ def write_config(config_dir: str, assets_dir: str | None = None) -> str:
     return path
 
 
-def import_libero(assets_dir: str | None):
-    """Imports LIBERO without any prompt, pointed at ``assets_dir``.
+def import_libero(assets_dir: str):
+    """Imports LIBERO without any prompt, pointed at ``assets_dir`` (see ``find_assets``).
 
     Returns (benchmark module, rendering env class, non-rendering env class)."""
     config_dir = os.environ.get("LIBERO_CONFIG_PATH") or default_config_dir()
@@ -134,10 +178,9 @@ def import_libero(assets_dir: str | None):
     from libero.libero.envs import OffScreenRenderEnv
     from libero.libero.envs.env_wrapper import ControlEnv
 
-    if assets_dir is not None:
-        # hf-libero resolves assets through get_assets_path(), which returns this cache when the
-        # folder exists and otherwise downloads (not the config's "assets" key).
-        libero_root._assets_path_cache = os.path.abspath(assets_dir)
+    # hf-libero resolves assets through get_assets_path(), which returns this cache when the folder
+    # exists and otherwise downloads (not the config's "assets" key).
+    libero_root._assets_path_cache = os.path.abspath(assets_dir)
     return benchmark, OffScreenRenderEnv, ControlEnv
 
 
@@ -150,7 +193,7 @@ class LiberoConfig:
       task_subset: if set, only these task indices of the suite (task id k means task_subset[k]).
       image_size: (H, W) of both cameras.
       render: False gives observations with no images (robosuite skips rendering).
-      assets_dir: folder with LIBERO's scene/object assets; None reads $PIRL_LIBERO_ASSETS.
+      assets_dir: folder with LIBERO's scene/object assets; None looks them up (``find_assets``).
       max_steps: None takes the ``limits`` table's value for the suite (the union: each task its
         own suite's limit).
       limits: "rl" (MAX_STEPS, the RL recipes') or "openpi" (OPENPI_MAX_STEPS, openpi's evaluation).
@@ -185,14 +228,8 @@ class LiberoConfig:
         if not 1 <= self.num_trials <= 50:
             raise ValueError(f"num_trials must be in [1, 50] (init states per task), got {self.num_trials}")
 
-    def resolved_assets_dir(self) -> str | None:
-        d = self.assets_dir or os.environ.get(ASSETS_ENV)
-        if d is not None and not os.path.isdir(os.path.join(d, "scenes")):
-            raise FileNotFoundError(
-                f"LIBERO assets dir {os.path.abspath(d)!r} has no 'scenes' folder; "
-                "see third_party/README.md for how to get the assets"
-            )
-        return d
+    def resolved_assets_dir(self) -> str:
+        return find_assets(self.assets_dir)
 
     def tasks(self) -> list[tuple[str, int]]:
         """(suite, index within suite) of every task id."""

@@ -26,9 +26,10 @@ from pirl.models import gemma, siglip
 
 IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
 # The vision tower runs all cameras in one pass below this many tokens, else one pass per camera.
-# XLA's CPU backend (jax 0.10) compiles a SigLIP layer over 4096 or more tokens into a different
-# YNNPACK fusion plan (LayerNorm fused into the next matmul) that ran about 20 % slower per token
-# than passes of 3072 (So400m, float32, 2 cores); below it, fewer passes are faster.
+# XLA's CPU backend (jax 0.10) compiles a SigLIP layer over 4096 or more tokens (16 images at 224²)
+# into a different YNNPACK fusion plan (the LayerNorm fused into the next matmul): 24 images took
+# 32 % longer in one pass than in two of 12 (So400m, float32, 2 cores); below it, fewer passes are
+# faster, since each pass reads all of the tower's weights.
 _JOINT_VISION_TOKENS = 4096
 
 
