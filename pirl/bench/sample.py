@@ -4,9 +4,9 @@
 
 `--model` is pi0 / pi05 (full size), dummy / dummy05 (openpi's test Gemma sizes with a small
 vision tower), dummy_so400m / dummy05_so400m (openpi's `dummy`: those Gemma sizes with the full
-So400m/14 tower at 224²) or tiny / tiny05. `--cameras` image slots are in the prefix, the last `--masked` of
-them absent (mask False: their tokens are still computed, as in openpi). Parameters are random
-(timing does not depend on their values); prompts are random token ids (no tokenizer).
+So400m/14 tower at 224²) or tiny / tiny05. `--cameras` image slots are in the prefix, the last
+`--masked` of them absent (mask False: their tokens are still computed, as in openpi). Parameters
+are random (timing does not depend on their values); prompts are random token ids (no tokenizer).
 
 Per batch size: compile time, the median time per chunk over `--iters` calls after one warm-up,
 the time of one expert step alone (against a random KV cache of the prefix's shape) and the prefix
