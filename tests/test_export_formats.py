@@ -20,6 +20,10 @@ from pirl.models import pi0
 def test_pytorch_names_match_openpis_module_tree():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        # openpi pins transformers==4.53.2 (pyproject.toml) for PI0Pytorch; 5.x moved the SigLIP
+        # tower's modules (vision_tower.vision_model.* → vision_tower.*), so its tree is not openpi's.
+        pytest.skip(f"openpi's module tree needs transformers 4.x, found {transformers.__version__}")
     from transformers.models.auto import CONFIG_MAPPING
 
     vlm = CONFIG_MAPPING["paligemma"]()

@@ -226,3 +226,15 @@ def test_dropping_a_masked_camera_changes_nothing():
     np.testing.assert_allclose(
         sample(two, params, obs2, noise, num_steps=2), sample(config, params, obs, noise, num_steps=2), atol=1e-5
     )
+
+
+def test_vision_passes_per_camera_equal_one_joint_pass(monkeypatch):
+    # Above pi0._JOINT_VISION_TOKENS the tower runs once per camera instead of once over all of
+    # them; each image is embedded independently, so the prefix must not change.
+    config, params, obs = _setup(False)
+    assert 3 * 2 * config.tokens_per_image < pi0._JOINT_VISION_TOKENS  # this batch: one joint pass
+    joint = pi0.embed_prefix(config, params, obs)
+    monkeypatch.setattr(pi0, "_JOINT_VISION_TOKENS", 1)
+    per_camera = pi0.embed_prefix(config, params, obs)
+    np.testing.assert_allclose(per_camera[0], joint[0], atol=1e-6, rtol=1e-6)
+    np.testing.assert_array_equal(per_camera[1], joint[1])

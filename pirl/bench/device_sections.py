@@ -393,6 +393,8 @@ def train(ctx: Context) -> None:
             stopped = True
         shutil.rmtree(workdir, ignore_errors=True)
     ctx.record("exit", f"stopped after {seen} iterations" if stopped else proc.returncode)
+    if stopped and (ctx.dry_run or seen < 2):  # stopped by its time box, not after the 2nd iteration
+        ctx.record("status", f"timeout: stopped at its box after {seen} iterations (what it measured is kept)")
     if not stopped and proc.returncode:
         raise RuntimeError(f"pirl.train exited with {proc.returncode} after {seen} iterations")
 

@@ -15,6 +15,13 @@ under a real-time policy (``chrt -r 1 python -m pirl.bench.envs``, needs root) k
 processes off the cores while it runs and approximates a quiet machine.
 Episodes are kept long (max_steps raised) so resets do not dominate, except MetaWorld without
 rendering, whose 100-step episodes reset in milliseconds.
+
+    python -m pirl.bench.envs --vs-gym metaworld --busy 0 3     # EnvPool vs gymnasium AsyncVectorEnv
+
+instead compares EnvPool with gymnasium's ``AsyncVectorEnv`` on the same simulator work
+(``pirl.bench.vs_gym``): ``--max-procs`` processes x 1 env, rendering off and on, each under a
+background load of ``--busy`` spinning processes (0 = only the machine's own load), the two sides
+alternating ``--rounds`` times; it prints median steps/s per side, their ratio and the load.
 """
 
 from __future__ import annotations
@@ -102,7 +109,13 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=128, help="image height = width when rendering")
     ap.add_argument("--chunk", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=6.0, help="measurement time per configuration")
+    ap.add_argument("--render", choices=["both", "off", "on"], default="both", help="rendering modes to measure")
+    ap.add_argument("--vs-gym", metavar="SIM", help="compare EnvPool with gymnasium's AsyncVectorEnv on SIM")
+    ap.add_argument("--busy", type=int, nargs="+", default=[0], help="--vs-gym: spinning background processes")
+    ap.add_argument("--rounds", type=int, default=5, help="--vs-gym: alternations of the two sides")
     args = ap.parse_args(argv)
+    if args.vs_gym:
+        return compare_gym(args)
 
     rows = []
     print(
@@ -115,13 +128,14 @@ def main(argv=None):
         f"{'run queue':>9}",
         flush=True,
     )
+    renders = {"both": (False, True), "off": (False,), "on": (True,)}[args.render]
     for sim in args.sims:
         try:
             make_factory(sim, False, args.size)
         except (ImportError, FileNotFoundError) as e:  # not installed, or LIBERO without its assets
             print(f"{sim:<10} skipped: {e}", flush=True)
             continue
-        for render in (False, True):
+        for render in renders:
             base_rate = None
             for procs in range(1, args.max_procs + 1):
                 rate, cpu, wait = measure(sim, render, procs, args.envs_per_proc, args.size, args.chunk, args.seconds)
@@ -133,6 +147,32 @@ def main(argv=None):
                     f"{sim:<10} {mode:<7} {procs:>3} {rate:>9.1f} {eff:>10.2f} {cpu:>10.0%} {wait:>9.0%}",
                     flush=True,
                 )
+    return rows
+
+
+def compare_gym(args) -> list[tuple]:
+    """EnvPool vs AsyncVectorEnv rows: (render, busy, pool steps/s, gym steps/s, ratio, load)."""
+    # Late: the comparison needs gymnasium, which ships with the simulators, not with pirl's core.
+    from pirl.bench import vs_gym
+
+    procs = args.max_procs
+    print(
+        f"EnvPool vs gymnasium AsyncVectorEnv: {args.vs_gym}, {procs} processes x 1 env, chunk {args.chunk}, "
+        f"image {args.size}x{args.size} when rendering, {args.rounds} alternating rounds of {args.seconds:g} s, "
+        f"{os.cpu_count()} cores",
+        flush=True,
+    )
+    print(f"{'render':<7} {'busy':>4} {'EnvPool':>9} {'gymnasium':>10} {'ratio':>6} {'load':>5}", flush=True)
+    rows = []
+    for render in {"both": (False, True), "off": (False,), "on": (True,)}[args.render]:
+        factory, adim, gl = make_factory(args.vs_gym, render, args.size)
+        for busy in args.busy:
+            r = vs_gym.compare(factory, adim, gl, procs, args.chunk, args.seconds, args.rounds, busy)
+            a, b, ratio = vs_gym.summary(r)
+            load = float(np.median(r["load"]))
+            rows.append((render, busy, a, b, ratio, load))
+            mode = "on" if render else "off"
+            print(f"{mode:<7} {busy:>4} {a:>9.1f} {b:>10.1f} {ratio:>6.2f} {load:>5.1f}", flush=True)
     return rows
 
 

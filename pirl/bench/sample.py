@@ -3,9 +3,10 @@
     python -m pirl.bench.sample --model=pi0 --batch=1,64 --steps=10 --cameras=3 --masked=1 --dtype=bfloat16
 
 `--model` is pi0 / pi05 (full size), dummy / dummy05 (openpi's test Gemma sizes with a small
-vision tower) or tiny / tiny05. `--cameras` image slots are in the prefix, the last `--masked` of
-them absent (mask False: their tokens are still computed, as in openpi). Parameters are random
-(timing does not depend on their values); prompts are random token ids (no tokenizer).
+vision tower), dummy_so400m / dummy05_so400m (openpi's `dummy`: those Gemma sizes with the full
+So400m/14 tower at 224²) or tiny / tiny05. `--cameras` image slots are in the prefix, the last
+`--masked` of them absent (mask False: their tokens are still computed, as in openpi). Parameters
+are random (timing does not depend on their values); prompts are random token ids (no tokenizer).
 
 Per batch size: compile time, the median time per chunk over `--iters` calls after one warm-up,
 the time of one expert step alone (against a random KV cache of the prefix's shape) and the prefix
@@ -13,18 +14,31 @@ it leaves (chunk − K · step), matrix FLOPs (``pirl.bench.flops``: loop bodies
 counts, which XLA's cost analysis counts once) and the TFLOP/s they make, XLA's scratch, and what
 the compiled program's loops show (``pirl.bench.hlo``): the K steps in one loop, and the prefix
 (SigLIP, VLM) outside it.
+
+Side by side with openpi's own JAX model (same parameters, observation and noise; openpi is
+imported only from the given checkout, in an environment with its model dependencies):
+
+    python -m pirl.bench.sample --model=dummy_so400m --dtype=float32 --cameras=3 --masked=1 \
+        --batch=1,8 --iters=3 --openpi=/path/to/openpi
+
+alternates the two compiled samplers call by call and prints each one's min and median seconds,
+their ratio (openpi / pirl: above 1 means pirl is faster), the largest action difference and the
+machine's load average.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from pirl.bench import flops, hlo, timing
-from pirl.models import pi0
+from pirl.bench import flops, hlo, openpi_side, timing
+from pirl.models import gemma, pi0
 
 GIB = 2**30
 
@@ -35,6 +49,17 @@ def model_config(name: str, dtype: str, cameras: int) -> pi0.Pi0Config:
     base = name.removesuffix("05")
     if base == "pi0" or name == "pi05":
         return pi0.Pi0Config(pi05=name == "pi05", dtype=dtype, image_keys=keys, remat=False)
+    if name.endswith("_so400m"):  # openpi's `dummy`: its Gemma sizes, the full tower, 224² images
+        return pi0.Pi0Config.dummy(
+            "05" in name,
+            vision_variant="So400m/14",
+            image_size=224,
+            action_horizon=50,
+            max_token_len=None,
+            vocab_size=gemma.PALIGEMMA_VOCAB_SIZE,
+            dtype=dtype,
+            image_keys=keys,
+        )
     if base == "dummy":
         return pi0.Pi0Config.dummy(
             pi05, image_size=56, action_horizon=50, max_token_len=48, dtype=dtype, image_keys=keys
@@ -133,18 +158,69 @@ def bench(
     return row
 
 
-_MODEL = flags.DEFINE_enum("model", "dummy", ["pi0", "pi05", "dummy", "dummy05", "tiny", "tiny05"], "Model.")
+_MODEL = flags.DEFINE_enum(
+    "model",
+    "dummy",
+    ["pi0", "pi05", "dummy", "dummy05", "dummy_so400m", "dummy05_so400m", "tiny", "tiny05"],
+    "Model.",
+)
 _BATCH = flags.DEFINE_list("batch", ["1", "8"], "Batch sizes.")
 _STEPS = flags.DEFINE_integer("steps", 10, "Denoising steps K.")
 _CAMERAS = flags.DEFINE_integer("cameras", 2, "Image slots in the prefix (1-3).")
 _MASKED = flags.DEFINE_integer("masked", 0, "How many of the last image slots are masked out.")
 _DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "Compute dtype.")
 _ITERS = flags.DEFINE_integer("iters", 10, "Timed calls per batch size.")
+_OPENPI = flags.DEFINE_string("openpi", None, "An openpi checkout: time openpi's JAX model too, alternating.")
+
+
+def compare_openpi(config: pi0.Pi0Config, batch: int, steps: int, iters: int, checkout: str, masked: int = 0) -> dict:
+    """pirl's and openpi's jitted samplers on openpi's random parameters, timed alternately.
+
+    Returns {"batch", "pirl": [s per call], "openpi": [...], "max_diff", "load"}.
+    """
+    params, openpi_sample = openpi_side.build(checkout, config, jax.random.key(0))
+    if config.dtype == "bfloat16":  # as init_params: serving stores weights in bfloat16
+        params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    obs, noise = inputs(config, batch, masked)
+    ours = jax.jit(pi0.sample_actions, static_argnames=("config", "num_steps"))
+    ours = ours.lower(config, params, obs, noise, num_steps=steps).compile()
+    theirs = jax.jit(openpi_sample, static_argnames="num_steps").lower(params, obs, noise, num_steps=steps).compile()
+    diff = openpi_side.max_abs_diff(ours(params, obs, noise), theirs(params, obs, noise))
+    times = {"pirl": [], "openpi": []}
+    for i in range(iters):
+        # Who goes first swaps every call: a load that drifts during the run then favours neither.
+        for name, fn in (("pirl", ours), ("openpi", theirs))[:: 1 if i % 2 == 0 else -1]:
+            t0 = time.perf_counter()
+            fn(params, obs, noise).block_until_ready()
+            times[name].append(time.perf_counter() - t0)
+    return {"batch": batch, **times, "max_diff": diff, "load": os.getloadavg()[0]}
+
+
+def main_openpi(config: pi0.Pi0Config):
+    print(
+        f"model={_MODEL.value} dtype={config.dtype} cameras={_CAMERAS.value} (masked {_MASKED.value}) "
+        f"K={_STEPS.value}, pirl vs openpi at {_OPENPI.value}, alternating, {os.cpu_count()} cores, "
+        f"load average at start {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{'batch':>6} {'pirl min s':>11} {'openpi min s':>13} {'pirl med':>9} {'openpi med':>11} "
+        f"{'openpi/pirl':>12} {'max |da|':>9} {'load':>5}"
+    )
+    for b in _BATCH.value:
+        r = compare_openpi(config, int(b), _STEPS.value, _ITERS.value, _OPENPI.value, _MASKED.value)
+        mp, mo = min(r["pirl"]), min(r["openpi"])
+        print(
+            f"{r['batch']:>6} {mp:>11.2f} {mo:>13.2f} {statistics.median(r['pirl']):>9.2f} "
+            f"{statistics.median(r['openpi']):>11.2f} {mo / mp:>12.3f} {r['max_diff']:>9.1e} {r['load']:>5.1f}",
+            flush=True,
+        )
 
 
 def main(argv):
     del argv
     config = model_config(_MODEL.value, _DTYPE.value, _CAMERAS.value)
+    if _OPENPI.value:
+        return main_openpi(config)
     n = pi0.count_params(pi0.param_shapes(config))
     print(
         f"model={_MODEL.value} params={n / 1e6:.1f}M dtype={config.dtype} cameras={_CAMERAS.value} "

@@ -79,9 +79,18 @@ class WorkerError(RuntimeError):
 
 
 # Thread pools that workers size from these variables before any simulator is imported: BLAS and
-# OpenMP, and llvmpipe/lavapipe (Mesa's CPU renderers, LP_NUM_THREADS), which otherwise start one
+# OpenMP (threads in all), and llvmpipe/lavapipe (Mesa's CPU renderers), which otherwise start one
 # render thread per core in every worker.
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "LP_NUM_THREADS")
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+# LP_NUM_THREADS counts rasterizer threads besides the one that draws: with 1, the drawing thread
+# bins the next frame while a second thread rasterizes the last, a worker uses ~1.1-1.2 cores and
+# P workers oversubscribe P cores; with 0 the drawing thread rasterizes itself.
+_RASTER_VAR = "LP_NUM_THREADS"
+
+
+def worker_thread_env(threads_per_worker: int) -> dict[str, str]:
+    """The environment that sizes a worker's thread pools to ``threads_per_worker`` threads."""
+    return {**{k: str(threads_per_worker) for k in _THREAD_VARS}, _RASTER_VAR: str(threads_per_worker - 1)}
 
 
 # The config lives with the worker that reads it: pool imports worker, never the reverse.
@@ -152,8 +161,9 @@ class EnvPool:
     # -- process management ----------------------------------------------------------------
     def _start(self, w: int, shm_names):
         parent, child = self._ctx.Pipe(duplex=True)
-        saved = {k: os.environ.get(k) for k in [*_THREAD_VARS, "MUJOCO_GL", "PYOPENGL_PLATFORM"]}
-        os.environ.update({k: str(self.cfg.threads_per_worker) for k in _THREAD_VARS})
+        threads = worker_thread_env(self.cfg.threads_per_worker)
+        saved = {k: os.environ.get(k) for k in [*threads, "MUJOCO_GL", "PYOPENGL_PLATFORM"]}
+        os.environ.update(threads)
         if self.cfg.gl is not None:
             os.environ["MUJOCO_GL"] = self.cfg.gl
             os.environ["PYOPENGL_PLATFORM"] = self.cfg.gl
@@ -465,7 +475,8 @@ class EnvPool:
             reset_now=reset_now,
             final_obs=self._batch_obs(final, rows, "final/") if auto else None,
         )
-        self.tracker.start(_scatter(self.num_envs, rows, reset_now))
+        if reset_now.any():  # rare; the tracker's masked writes cost more than this check
+            self.tracker.start(_scatter(self.num_envs, rows, reset_now))
         return result
 
     def step_chunk(self, actions: Float32[np.ndarray, "N T A"]) -> base.ChunkResult:
@@ -473,6 +484,9 @@ class EnvPool:
         actions = np.asarray(actions, np.float32)
         if actions.ndim != 3 or actions.shape[0] != self.num_envs:
             raise ValueError(f"actions must have shape ({self.num_envs}, T, A), got {actions.shape}")
+        if self.cfg.num_stages == 1:  # the common case: no row gather, no result concatenation
+            self.send_step(0, actions)
+            return self.recv_step(0)
         for s in range(self.cfg.num_stages):
             self.send_step(s, actions[self.stage_envs(s)])
         return _concat_results([self.recv_step(s) for s in range(self.cfg.num_stages)])

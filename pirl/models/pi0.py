@@ -25,6 +25,12 @@ from jaxtyping import Array, Bool, Float, Int
 from pirl.models import gemma, siglip
 
 IMAGE_KEYS = ("base_0_rgb", "left_wrist_0_rgb", "right_wrist_0_rgb")
+# The vision tower runs all cameras in one pass below this many tokens, else one pass per camera.
+# XLA's CPU backend (jax 0.10) compiles a SigLIP layer over 4096 or more tokens (16 images at 224²)
+# into a different YNNPACK fusion plan (the LayerNorm fused into the next matmul): 24 images took
+# 32 % longer in one pass than in two of 12 (So400m, float32, 2 cores); below it, fewer passes are
+# faster, since each pass reads all of the tower's weights.
+_JOINT_VISION_TOKENS = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,10 +271,19 @@ def embed_prefix(config: Pi0Config, params: dict, obs: Observation):
     """
     _check_observation(config, obs)
     b = obs.state.shape[0]
-    images = jnp.concatenate([_float_image(obs.images[k]) for k in config.image_keys], axis=0)
-    img_tokens = _img(config).apply({"params": params["PaliGemma"]["img"]}, images)
-    img_tokens = img_tokens.reshape(len(config.image_keys), b, *img_tokens.shape[1:])
-    p = img_tokens.shape[2]
+    images = [_float_image(obs.images[k]) for k in config.image_keys]
+
+    def tower(x: Float[Array, "N I I 3"]) -> Float[Array, "N P Dv"]:
+        return _img(config).apply({"params": params["PaliGemma"]["img"]}, x)
+
+    if len(images) * b * config.tokens_per_image < _JOINT_VISION_TOKENS:
+        # One pass over every camera reads the tower's weights once (what small batches wait on).
+        img_tokens = tower(jnp.concatenate(images, axis=0))
+        img_tokens = list(img_tokens.reshape(len(images), b, *img_tokens.shape[1:]))
+    else:
+        # One pass per camera (openpi's order); each pass keeps the batch's sharding.
+        img_tokens = [tower(x) for x in images]
+    p = img_tokens[0].shape[1]
     text = _llm(config).apply({"params": params["PaliGemma"]["llm"]}, obs.tokenized_prompt, method=gemma.Gemma.embed)
     tokens = jnp.concatenate([*img_tokens, text], axis=1)
     masks = [jnp.broadcast_to(obs.image_masks[k][:, None], (b, p)) for k in config.image_keys]
