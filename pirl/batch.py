@@ -68,6 +68,9 @@ def targets(
         returns = jnp.zeros_like(rewards)
         if advantage.filter_groups:
             mask = mask & adv.grpo_filter(scores, group_size, advantage.filter_low, advantage.filter_high)[None]
+        # A group that lost an episode to a worker crash has no fair baseline: it is left out whole.
+        crashed = glob(traj.crashed[None])[0].reshape(-1, group_size).any(axis=1)
+        mask = mask & ~jnp.repeat(crashed, group_size)[None]
     if auto_reset:
         weights = mask.astype(jnp.float32)
     else:

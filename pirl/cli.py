@@ -7,14 +7,19 @@ that touches ml_collections ConfigDicts; everything past it gets frozen dataclas
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Mapping
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_dict, config_flags
 
-from pirl import experiment, sharding
+from pirl import errors, experiment, sharding
+from pirl.envs import pool
 from pirl.rl import flow
 from pirl.rl import update as upd
 
@@ -50,7 +55,9 @@ def to_dataclass(cls: type, section: config_dict.ConfigDict | dict, name: str):
     try:
         return cls(**kw)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config section {name!r}: {e}") from None
+        # Range checks name the field as section.field already.
+        msg = str(e) if str(e).startswith(f"{name}.") else f"config section {name!r}: {e}"
+        raise ConfigError(msg) from None
 
 
 def sections(config: config_dict.ConfigDict, classes: Mapping[str, type]) -> dict:
@@ -101,6 +108,82 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(2)
 
 
+# What a command reports as one ``error:`` line (the traceback only with --verbosity=1 or more):
+# configs and inputs that do not fit (ValueError, which ConfigError and CheckpointError are), files
+# and directories (OSError), simulators that fail, and pirl's own UserError. Anything else is a bug
+# and keeps its traceback.
+USER_ERRORS = (errors.UserError, pool.WorkerError, ValueError, OSError)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (its ``summary`` if it has one)."""
+    if isinstance(e, errors.UserError | pool.WorkerError):
+        return e.summary
+    if isinstance(e, OSError) and e.strerror and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def exit_now(code: int, grace_s: float = 3.0) -> None:
+    """Exits with ``code`` after a failure or an interrupt, without the interpreter's teardown:
+    library threads that can never finish (orbax's, after a save that failed half-way, wait for a
+    signal that will not come) would hold a normal exit forever, and tensorstore reads still in
+    flight after a failed restore print one traceback each when their callbacks meet the closed
+    event loop during teardown. Non-daemon threads get ``grace_s`` to end; everything pirl writes
+    is flushed or closed by then (metrics, logs, checkpoints, worker pools)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    deadline = time.monotonic() + grace_s
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and not t.daemon:
+            t.join(max(0.0, deadline - time.monotonic()))
+    logging.shutdown()
+    os._exit(code)
+
+
+def _one_line_orbax_errors(record: logging.LogRecord) -> bool:
+    """orbax logs each failure of a background save with its traceback before raising it to the
+    caller, which reports it as one ``error:`` line: its own records keep their first line only."""
+    if record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname:
+        record.msg, record.args = record.getMessage().split("\n")[0], None
+        record.exc_info = record.exc_text = record.stack_info = None
+    return True
+
+
+def _without_closed_loop_reports(hook):
+    """``sys.unraisablehook`` less the "Event loop is closed" reports of tensorstore reads that
+    complete after a failed restore has closed orbax's event loop (one traceback per read still in
+    flight, after the one line that reports the failure)."""
+
+    def unraisable(report) -> None:
+        if isinstance(report.exc_value, RuntimeError) and str(report.exc_value) == "Event loop is closed":
+            return
+        hook(report)
+
+    return unraisable
+
+
+def guarded(main: Callable[[list[str]], None]) -> Callable[[list[str]], None]:
+    """``main`` whose user errors print ``error: <message>`` on one line and exit 2 (config) or
+    1 (anything else); ``--verbosity=1`` shows the traceback instead. An interrupt exits 130."""
+
+    def wrapped(argv: list[str]) -> None:
+        if flags.FLAGS.verbosity < 1:
+            logging.getLogger("absl").addFilter(_one_line_orbax_errors)
+            sys.unraisablehook = _without_closed_loop_reports(sys.unraisablehook)
+        try:
+            main(argv)
+        except KeyboardInterrupt as e:  # Ctrl-C: no traceback; the shell's 128 + signal number
+            exit_now(128 + getattr(e, "signum", 2))
+        except USER_ERRORS as e:
+            if flags.FLAGS.verbosity >= 1:
+                raise
+            print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+            exit_now(2 if isinstance(e, ConfigError) else 1)
+
+    return wrapped
+
+
 def quiet_library_logs() -> None:
     """Keeps Python logging at WARNING unless ``--verbosity`` (or ``-v``) is given: absl's app.run
     raises it to INFO, and orbax (a dozen lines per checkpoint save), JAX and absl would then bury
@@ -114,4 +197,4 @@ def run(main: Callable[[list[str]], None]) -> None:
         quiet_library_logs()
         main(argv)
 
-    app.run(quiet_main, flags_parser=parse_flags)
+    app.run(guarded(quiet_main), flags_parser=parse_flags)

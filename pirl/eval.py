@@ -80,6 +80,8 @@ def summarize(ids: np.ndarray, episodes: dict[str, np.ndarray], names: list[str]
 
 def flat_metrics(res: dict, prefix: str = "eval") -> dict[str, float]:
     out = {f"{prefix}/{k}": float(res[k]) for k in ("success", "return", "episode_len")}
+    if "worker_restarts" in res:
+        out[f"{prefix}/worker_restarts"] = float(res["worker_restarts"])
     if "mt50_average" in res:
         out[f"{prefix}/mt50_average"] = res["mt50_average"]
     if len(res["per_task"]) > 1:
@@ -137,12 +139,22 @@ class Evaluator:
         recorder = None
         if video_dir and self.spec.cameras and self.host == 0:
             recorder = video.VideoRecorder(video_dir, camera=self.spec.cameras[0].name)
+        wave_start: dict[int, int] = {}
 
         def on_frame(obs, res, t):
+            if t == 0:
+                wave_start.clear()
+                wave_start.update({i: len(f) for i, f in recorder.frames.items()})
             # Always two caption lines, so every frame of a video has the same height.
             success = np.zeros(len(obs.state), bool) if res is None else res.success_once
             recorder.add(obs, success=success, envs=range(min(4, len(obs.state))))
 
+        def on_redo():
+            # A wave run again after a crash: its frames so far are dropped.
+            for i, frames in recorder.frames.items():
+                del frames[wave_start.get(i, 0) :]
+
+        restarts = int(self.pool.restarts.sum())
         episodes = rollout.run_episodes(
             self.pool,
             self.actor,
@@ -151,10 +163,12 @@ class Evaluator:
             self.local_ids,
             self.num_chunks,
             on_frame if recorder else None,
+            on_redo if recorder else None,
         )
         n, wave = len(self.ids), self.section.num_envs
         episodes = {k: join_hosts(v, n, wave, self.hosts) for k, v in episodes.items()}
         res = summarize(self.ids, episodes, self.names)
+        res["worker_restarts"] = int(sharding.gather_hosts(np.array([self.pool.restarts.sum() - restarts])).sum())
         res["episodes_detail"] = {
             "task": self.ids[:, 0].tolist(),
             "trial": self.ids[:, 1].tolist(),

@@ -16,7 +16,7 @@ import difflib
 import math
 from typing import Any
 
-from pirl import sharding
+from pirl import ranges, sharding
 from pirl.data import transforms
 from pirl.envs import libero, maniskill, metaworld, pool, toy
 from pirl.models import pi0
@@ -24,6 +24,8 @@ from pirl.rl import flow
 from pirl.rl import update as upd
 
 SIMS = ("metaworld", "libero", "maniskill", "toy")
+BOOTSTRAP = ("truncated", "always", "none")
+WANDB_MODES = ("online", "offline", "shared", "disabled")  # wandb.init(mode=...), wandb_settings.Settings.mode
 METAWORLD_EXPERT = "metaworld_expert"  # sft.dataset: demos from MetaWorld's scripted experts
 
 
@@ -63,6 +65,15 @@ class ModelSpec:
     discrete_state_input: str = ""
 
     def __post_init__(self):
+        ranges.check(
+            "model",
+            self,
+            image_size=">= 1",
+            action_horizon=">= 1",
+            max_token_len=">= 0",
+            vocab_size=">= 0",
+            action_dim=">= 1",
+        )
         if self.discrete_state_input not in ("", "on", "off"):
             raise ValueError(f"model.discrete_state_input must be '', 'on' or 'off', got {self.discrete_state_input!r}")
         if self.discrete_state_input == "on" and not self.pi05:
@@ -103,6 +114,8 @@ class EnvSection:
     reward_mode: "" the success reward of the sim; "dense" the task's shaped reward (MetaWorld,
       ManiSkill; ManiSkill also "normalized_dense", and "grasp" the reference's grasp-and-place
       reward, ``maniskill.GraspReward``).
+    timeout_s: a worker silent this long during a command is replaced (its episodes dropped); 0
+      derives the limit from the workers' measured step and reset times (pirl/envs/pool.py).
     control_mode, backend, finish_chunks: ManiSkill only. control_mode "" is the task's registered
       controller; backend "gpu" simulates each worker's envs as one CUDA-batched env;
       finish_chunks keeps executing the rest of a chunk after an episode ends, counting those
@@ -127,7 +140,7 @@ class EnvSection:
     tasks: tuple[int, ...] = ()
     gl: str = ""  # MUJOCO_GL for workers: "egl", "osmesa" or "" (leave as is)
     seed: int = 0
-    timeout_s: float = 600.0
+    timeout_s: float = 0.0
     control_mode: str = ""
     reward_mode: str = ""
     backend: str = "cpu"
@@ -137,6 +150,24 @@ class EnvSection:
     def __post_init__(self):
         if self.sim not in SIMS:
             raise ValueError(f"env.sim must be one of {SIMS}, got {self.sim!r}")
+        ranges.check(
+            "env",
+            self,
+            num_envs=">= 1",
+            num_workers=">= 1",
+            num_stages=">= 1",
+            group_size=">= 1",
+            max_steps=">= 1",
+            num_trials=">= 1",
+            image_size=">= 1",
+            warmup_steps=">= 0",
+            tasks=">= 0",
+            seed=">= 0",
+            timeout_s=">= 0",
+        )
+        if self.num_stages > self.num_workers:
+            raise ValueError(f"env.num_stages={self.num_stages} exceeds env.num_workers={self.num_workers}")
+        check_task(self.sim, self.task)
         if self.sim != "maniskill":
             for name, unset in (("control_mode", ""), ("backend", "cpu"), ("finish_chunks", False)):
                 if getattr(self, name) != unset:
@@ -168,6 +199,13 @@ class AdvantageConfig:
     filter_high: float = 0.9
     bootstrap: str = "truncated"  # auto-reset only: add γ·V(final obs) on "truncated" | "always" | "none"
 
+    def __post_init__(self):
+        ranges.check("advantage", self, gamma="[0, 1]", gae_lambda="[0, 1]", filter_low="finite", filter_high="finite")
+        if self.filter_low > self.filter_high:
+            raise ValueError(f"advantage.filter_low={self.filter_low} exceeds advantage.filter_high={self.filter_high}")
+        if self.bootstrap not in BOOTSTRAP:
+            raise ValueError(f"advantage.bootstrap must be one of {BOOTSTRAP}, got {self.bootstrap!r}")
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainSection:
@@ -189,6 +227,21 @@ class TrainSection:
     wandb_project: str = ""  # "" disables wandb
     wandb_mode: str = "offline"
     progress: bool = True
+
+    def __post_init__(self):
+        ranges.check(
+            "train",
+            self,
+            iterations=">= 1",
+            rollout_epochs=">= 1",
+            seed=">= 0",
+            eval_every=">= 0",
+            save_every=">= 0",
+            keep_checkpoints=">= 1",
+            video_every=">= 0",
+        )
+        if self.wandb_mode not in WANDB_MODES:
+            raise ValueError(f"train.wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +271,18 @@ class EvalSection:
     protocol: str = ""
 
     def __post_init__(self):
+        ranges.check(
+            "eval",
+            self,
+            num_envs=">= 1",
+            num_workers=">= 1",
+            num_trials=">= 1",
+            tasks=">= 0",
+            max_steps=">= -1",
+            warmup_steps=">= -1",
+            replan=">= 0",
+            seed=">= 0",
+        )
         if self.protocol not in ("", "openpi_libero"):
             raise ValueError(f"eval.protocol must be '' or 'openpi_libero', got {self.protocol!r}")
         if self.protocol == "openpi_libero":
@@ -269,12 +334,22 @@ class SFTSection:
     asset_id: str = "pirl/sft"
 
     def __post_init__(self):
-        for name in ("num_demos", "steps", "batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("holdout_demos", "warmup_steps", "demo_max_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"sft.{name} must be >= 0, got {getattr(self, name)}")
+        ranges.check(
+            "sft",
+            self,
+            num_demos=">= 1",
+            holdout_demos=">= 0",
+            action_noise=">= 0",
+            demo_max_steps=">= 0",
+            steps=">= 1",
+            batch_size=">= 1",
+            lr=">= 0",
+            warmup_steps=">= 0",
+            weight_decay=">= 0",
+            grad_clip="> 0",
+            seed=">= 0",
+            log_every=">= 1",
+        )
         if not self.asset_id:
             raise ValueError("sft.asset_id must name the norm stats' asset directory")
 
@@ -324,6 +399,24 @@ def chunk_steps(exp: Experiment) -> int:
 
 def rollout_samples(exp: Experiment) -> int:
     return exp.train.rollout_epochs * exp.env.num_envs * chunk_steps(exp)
+
+
+def check_task(sim: str, task: str) -> None:
+    """Rejects a MetaWorld benchmark/task or LIBERO suite name that does not exist, from the names
+    the adapters know without importing a simulator (config time, before any set-up)."""
+    if sim == "metaworld":
+        valid = ["MT50", "ML45-train", "ML45-test", *metaworld.INSTRUCTIONS]
+        if task not in valid:
+            raise ValueError(
+                f"env.task={task!r} is not a MetaWorld benchmark or task{closest(task, valid)}: use MT50, "
+                "ML45-train, ML45-test or a task name such as reach-v3"
+            )
+    elif sim == "libero":
+        valid = [*libero.SUITES, libero.UNION]
+        if task not in valid:
+            raise ValueError(f"env.task={task!r} is not a LIBERO suite{closest(task, valid)}: use one of {valid}")
+    elif sim == "maniskill" and not task.strip():
+        raise ValueError("env.task must name ManiSkill env id(s), comma-separated")
 
 
 def closest(name: str, valid) -> str:

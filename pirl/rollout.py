@@ -27,6 +27,7 @@ from pirl import sharding
 from pirl.data import norm_stats as ns
 from pirl.data import transforms
 from pirl.envs import base
+from pirl.envs import pool as pool_lib
 from pirl.models import pi0
 from pirl.rl import flow
 
@@ -123,9 +124,11 @@ class Trajectory:
     """One rollout epoch: T chunk steps × N envs, device arrays with leading axes [T, N].
 
     ``dones[t]``: the episode ended during chunk t; ``valid[t]``: chunk t was executed (up to and
-    including the first done); ``steps[t]``: env steps executed in chunk t (the chunk size, fewer
-    where an episode ended, 0 after). ``values``: the policy's rollout value of each chunk's
-    observation (``flow.PolicySample.value``). ``final_values``: V(last obs of an episode cut at
+    including the first done) in an episode that was not cut short by a worker crash: every chunk
+    of such an episode is invalid, as are its metrics (absent from ``episodes``). ``crashed``: the
+    envs that lost an episode that way [N]. ``steps[t]``: env steps executed in chunk t (the chunk
+    size, fewer where an episode ended, 0 after). ``values``: the policy's rollout value of each
+    chunk's observation (``flow.PolicySample.value``). ``final_values``: V(last obs of an episode cut at
     chunk t) under auto-reset (bootstrap), else zeros; ``last_values``: V(obs after chunk T − 1) [N].
     """
 
@@ -143,6 +146,7 @@ class Trajectory:
     episodes: dict[str, np.ndarray]  # per finished episode: success_once, return, length, task
     env_steps: int
     timing: dict[str, float]
+    crashed: np.ndarray  # [N] bool
 
 
 def _stack(per_step: list):
@@ -181,6 +185,8 @@ def collect(
     finished: dict[str, list] = {"success_once": [], "return": [], "length": [], "task": []}
     env_steps = 0
     counted = np.zeros(n_envs, bool)
+    crashed = np.zeros(n_envs, bool)
+    episode_start = np.zeros(n_envs, np.int64)  # the chunk each env's current episode began in
 
     def launch(t, s):
         t1 = time.perf_counter()
@@ -210,9 +216,15 @@ def collect(
             host["valid"][t, r] = valid_steps.any(axis=1) & ~res.crashed
             host["steps"][t, r] = valid_steps.sum(axis=1)
             env_steps += int(valid_steps.sum())
-            # Without auto-reset a finished env keeps reporting done: count its episode once.
+            for i in r[res.crashed]:
+                # The episode's earlier chunks lose their ending: none of it enters the batch.
+                host["valid"][episode_start[i] : t + 1, i] = False
+            crashed[r] |= res.crashed
+            # Without auto-reset a finished env keeps reporting done: count its episode once, and a
+            # crashed one (whose replacement reports done) never.
             ended = (res.done | res.reset_now) & ~res.crashed & ~counted[r]
-            counted[r] |= ended & ~res.reset_now
+            counted[r] |= (ended | res.crashed) & ~res.reset_now
+            episode_start[r[res.reset_now]] = t + 1
             for key, value in (
                 ("success_once", res.success_once),
                 ("return", res.episode_return),
@@ -260,6 +272,7 @@ def collect(
         episodes={k: np.concatenate(v) if v else np.zeros(0) for k, v in finished.items()},
         env_steps=env_steps,
         timing=timing | {"total": time.perf_counter() - t0},
+        crashed=crashed,
     )
 
 
@@ -311,30 +324,53 @@ def run_episodes(
     init_ids: np.ndarray,
     num_chunks: int,
     on_frame: Callable[[base.BatchObs, base.ChunkResult | None, int], None] | None = None,
+    on_redo: Callable[[], None] | None = None,
+    max_attempts: int = 3,
 ) -> dict[str, np.ndarray]:
     """Deterministic episodes (ODE sampling) for every (task, trial) row of ``init_ids``, in waves
-    of ``pool.num_envs``; returns per-episode success_once, return, length, in input order."""
+    of ``pool.num_envs``; returns per-episode success_once, return, length, in input order.
+
+    A wave in which a worker crashed is run again whole (``on_redo()`` first, e.g. to drop its
+    video frames), with the same init ids and sampling keys, so every episode is scored from a
+    complete run and equals what an uninterrupted evaluation gives; after ``max_attempts`` runs
+    of one wave, WorkerError."""
     n = pool.num_envs
     out = {"success_once": [], "return": [], "length": []}
     for w, start in enumerate(range(0, len(init_ids), n)):
         wave = init_ids[start : start + n]
         ids = np.concatenate([wave, np.repeat(wave[-1:], n - len(wave), axis=0)])
-        obs = pool.reset(ids)
-        if on_frame is not None:
-            on_frame(obs, None, 0)
-        res = None
-        for t in range(num_chunks):
-            live = ~pool.done
-            _, _, env_actions = actor.act(params, obs, jax.random.fold_in(rng, w * num_chunks + t), train=False)
-            res = pool.step_chunk(env_actions)
-            obs = res.obs
-            if on_frame is not None:
-                on_frame(obs, res, t + 1)
-            # Hosts stop together: the next policy call is one program over all of them.
-            if not sharding.any_host(live.any() and not pool.done.all()):
+        for attempt in range(1, max_attempts + 1):
+            if not _run_wave(pool, actor, params, rng, ids, num_chunks, on_frame, w):
                 break
+            if attempt == max_attempts:
+                raise pool_lib.WorkerError(
+                    f"evaluation wave {w}: an env worker crashed in each of its {max_attempts} runs"
+                )
+            if on_redo is not None:
+                on_redo()
         tracker = pool.tracker
         out["success_once"].append(tracker.success_once[: len(wave)].copy())
         out["return"].append(tracker.ret[: len(wave)].copy())
         out["length"].append(tracker.length[: len(wave)].copy())
     return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _run_wave(pool, actor, params, rng, ids, num_chunks, on_frame, wave) -> bool:
+    """One wave of deterministic episodes; whether a worker crashed in it (on any host)."""
+    obs = pool.reset(ids)
+    if on_frame is not None:
+        on_frame(obs, None, 0)
+    cut = np.zeros(pool.num_envs, bool)
+    for t in range(num_chunks):
+        live = ~pool.done
+        key = jax.random.fold_in(rng, wave * num_chunks + t)
+        _, _, env_actions = actor.act(params, obs, key, train=False)
+        res = pool.step_chunk(env_actions)
+        cut |= res.crashed
+        obs = res.obs
+        if on_frame is not None:
+            on_frame(obs, res, t + 1)
+        # Hosts stop together: the next policy call is one program over all of them.
+        if not sharding.any_host(live.any() and not pool.done.all()):
+            break
+    return sharding.any_host(cut.any())

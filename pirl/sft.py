@@ -382,10 +382,7 @@ def format_row(row: dict) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    try:
-        exp, extra = cli.to_experiment(flags.FLAGS.config, extra={"sft": experiment.SFTSection})
-    except cli.ConfigError as e:
-        raise SystemExit(f"error: {e}") from None
+    exp, extra = cli.to_experiment(flags.FLAGS.config, extra={"sft": experiment.SFTSection})
     sft = extra["sft"]
     print(TABLE_HEADER, flush=True)
     out = run(exp, sft, flags.FLAGS.workdir, log=lambda row: print(format_row(row), flush=True))

@@ -16,6 +16,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from pirl import ranges
+
 BATCH_AXES = ("data", "fsdp")
 FSDP_MIN_BYTES = 4 * 2**20
 
@@ -27,6 +29,9 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     fsdp_min_bytes: int = FSDP_MIN_BYTES
+
+    def __post_init__(self):
+        ranges.check("mesh", self, data=">= 1 or == -1", fsdp=">= 1 or == -1", fsdp_min_bytes=">= 0")
 
 
 def mesh_shape(config: MeshConfig, num_devices: int) -> tuple[int, int]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import pathlib
 import signal
@@ -34,7 +35,7 @@ import numpy as np
 from absl import flags
 
 from pirl import batch as batch_lib
-from pirl import cli, experiment, launch, rollout, runsetup, runstate, sft, sharding
+from pirl import cli, errors, experiment, launch, rollout, runsetup, runstate, sft, sharding
 from pirl import eval as eval_lib
 from pirl import logging as logs
 from pirl.envs import base, video
@@ -86,11 +87,24 @@ def update_metrics(metrics: Mapping[str, np.ndarray]) -> dict[str, float]:
     return out
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM: the run saves a checkpoint and the command exits 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def exit_code(e: KeyboardInterrupt) -> int:
+    """The shell's convention for a process ended by a signal: 128 + its number (130 Ctrl-C, 143 SIGTERM)."""
+    return 128 + getattr(e, "signum", signal.SIGINT)
+
+
 def _install_sigterm():
     """SIGTERM (cluster pre-emption, ``kill``) takes the same path as Ctrl-C: save and exit."""
 
     def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Interrupted(signum)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, handler)
@@ -98,7 +112,7 @@ def _install_sigterm():
 
 @contextlib.contextmanager
 def interrupts_deferred():
-    """Holds Ctrl-C and SIGTERM until the block ends, then raises KeyboardInterrupt if one came.
+    """Holds Ctrl-C and SIGTERM until the block ends, then raises Interrupted if one came.
 
     The update donates the state's buffers: an interrupt after the call but before ``state`` is
     rebound would leave only deleted arrays for the final checkpoint."""
@@ -114,11 +128,42 @@ def interrupts_deferred():
         for s, handler in previous.items():
             signal.signal(s, handler)
     if pending:
-        raise KeyboardInterrupt(f"signal {pending[0]}")
+        raise Interrupted(pending[0])
+
+
+def eval_due(section: experiment.TrainSection, it: int) -> bool:
+    """Whether iteration ``it`` ends with an evaluation (it = 0: the starting policy's)."""
+    return bool(section.eval_every) and (it % section.eval_every == 0 or it == section.iterations)
+
+
+def _eval_logged(workdir: pathlib.Path, it: int, is_main: bool) -> bool:
+    """Whether metrics.jsonl holds iteration ``it``'s evaluation (process 0 reads it; on several
+    hosts every process learns its answer)."""
+    done = is_main and any(r["step"] == it and "eval/success" in r for r in logs.read_metrics(workdir))
+    return bool(sharding.gather_hosts(np.array([int(done)]))[0])
+
+
+# Write failures that no retry fixes: the run ends with one line naming the path.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _write_failure(e: OSError, ckpt: runstate.Checkpointer) -> errors.WriteError:
+    """``e`` as one line that also names the last complete checkpoint (the resume point)."""
+    text = e.summary if isinstance(e, errors.UserError) else f"cannot write {e.filename or '?'} ({e.strerror or e})"
+    if "last good checkpoint" in text:
+        return e if isinstance(e, errors.WriteError) else errors.WriteError(text)
+    return errors.WriteError(f"{text}; the last good checkpoint is {ckpt.describe_latest()}")
 
 
 def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=None) -> dict[str, float]:
-    """Runs (or resumes) the experiment in ``workdir``; returns the last iteration's metrics."""
+    """Runs (or resumes) the experiment in ``workdir``; returns the last iteration's metrics.
+
+    Work an interrupt cut off after an update (the iteration's evaluation and its videos) is
+    recorded in the checkpoint as owed, and the resumed run does it first. An iteration's
+    metrics are logged only once the previous checkpoint is complete, so a kill redoes at most
+    one logged iteration (with ``train.save_every=1``). A write that fails for good (full disk,
+    read-only directory) ends the run with errors.WriteError naming the path and the last
+    complete checkpoint."""
     workdir = pathlib.Path(workdir).expanduser().resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     setup = runsetup.build(exp, devices)
@@ -138,13 +183,16 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
 
     ckpt = runstate.Checkpointer(workdir / "checkpoints", keep=exp.train.keep_checkpoints)
     start = 0
+    owed = ["eval"] if eval_due(exp.train, 0) else []  # work iteration `it` still owes
     if ckpt.latest() is not None:
         state, meta = ckpt.restore(state)
-        start = meta["iteration"]
+        start, owed = meta["iteration"], list(meta.get("pending", []))
         if meta["seed"] != exp.train.seed:
             raise ValueError(f"{workdir} holds a run with train.seed={meta['seed']}, not {exp.train.seed}")
         if is_main:
             print(f"resumed from {workdir / 'checkpoints'} at iteration {start}")
+        if "eval" in owed and _eval_logged(workdir, start, is_main):
+            owed.remove("eval")  # done by an earlier resume that saved no checkpoint after it
 
     writer = logs.MetricWriter(
         workdir,
@@ -153,6 +201,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
         wandb_mode=exp.train.wandb_mode,
         config=dataclasses.asdict(exp),
         enabled=is_main,
+        purge_step=start + 1,
     )
     pool_cfg = experiment.pool_config(
         exp.env,
@@ -170,7 +219,9 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     key = jax.random.key(exp.train.seed)
     last: dict[str, float] = {}
     it = start
-    saved_at = logged = start
+    saved_at = start if ckpt.latest() is not None else None
+    logged = start
+    failed: errors.WriteError | None = None
     _install_sigterm()
     bar = None
     if exp.train.progress and is_main:
@@ -178,19 +229,33 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
         from tqdm import tqdm
 
         bar = tqdm(total=exp.train.iterations, initial=start, desc="train", dynamic_ncols=True)
-    try:
-        if exp.train.eval_every and start == 0:
-            # The starting policy's score: the "before" of the learning curve.
+
+    def evaluate() -> dict[str, float]:
+        nonlocal evaluator
+        t1 = time.perf_counter()
+        if evaluator is None:
             evaluator = eval_lib.Evaluator(setup, exp.eval, exp.env)
-            t1 = time.perf_counter()
-            res = evaluator.run(state.params, _video_dir(exp, workdir, 0, "eval"))
-            writer.write(0, eval_lib.flat_metrics(res) | {"time/eval_s": time.perf_counter() - t1})
+        res = evaluator.run(state.params, _video_dir(exp, workdir, it, "eval"))
+        owed.remove("eval")
+        return eval_lib.flat_metrics(res) | {"time/eval_s": time.perf_counter() - t1}
+
+    def meta() -> dict:
+        return {"iteration": it, "seed": exp.train.seed, "pending": list(owed)}
+
+    try:
+        if "eval" in owed:
+            # The starting policy's score (the "before" of the learning curve), or the evaluation
+            # of iteration `start` that an interrupt cut off.
+            metrics = evaluate()
+            writer.write(it, metrics)
             if is_main:
-                print(f"eval before training: success {res['success']:.3f}")
+                what = "before training" if it == 0 else f"of iteration {it} (cut off by the interrupt)"
+                print(f"eval {what}: success {metrics['eval/success']:.3f}")
         while it < exp.train.iterations:
             t_iter = time.perf_counter()
             rng = jax.random.fold_in(key, it)
             sampler = env_sampler(exp.train.seed, it)
+            restarts = int(pool.restarts.sum())
             trajs = []
             recorder = _recorder(exp, workdir, it, "train", spec) if is_main else None
             for e in range(exp.train.rollout_epochs):
@@ -212,6 +277,9 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
                 max_episode_steps=exp.env.max_steps,
             )
             env_steps = int(sharding.gather_hosts(np.array([sum(t.env_steps for t in trajs)])).sum())
+            crashes = sharding.gather_hosts(
+                np.array([int(pool.restarts.sum()) - restarts, sum(int(t.crashed.sum()) for t in trajs)])
+            )
             # time/* are this host's clocks (process 0's are the ones logged); the rest is global.
             metrics = env_metrics(trajs, task_names) | roll_metrics
             metrics |= {
@@ -220,6 +288,8 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
                 "time/inference_s": sum(t.timing["infer"] for t in trajs),
                 "env/steps_per_s": env_steps / max(t_rollout, 1e-9),
                 "env/steps": float(env_steps),
+                "env/worker_restarts": float(crashes.reshape(-1, 2)[:, 0].sum()),
+                "env/crashed_episodes": float(crashes.reshape(-1, 2)[:, 1].sum()),
             }
             del trajs  # their device arrays (a second copy of the batch) need not live through the update
             t1 = time.perf_counter()
@@ -233,14 +303,13 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
                     "time/update_s": time.perf_counter() - t1,
                 }
                 it += 1
-            if exp.train.eval_every and (it % exp.train.eval_every == 0 or it == exp.train.iterations):
-                t1 = time.perf_counter()
-                if evaluator is None:
-                    evaluator = eval_lib.Evaluator(setup, exp.eval, exp.env)
-                res = evaluator.run(state.params, _video_dir(exp, workdir, it, "eval"))
-                metrics |= eval_lib.flat_metrics(res)
-                metrics["time/eval_s"] = time.perf_counter() - t1
+                owed = ["eval"] if eval_due(exp.train, it) else []
+            if "eval" in owed:
+                metrics |= evaluate()
             metrics["time/iteration_s"] = time.perf_counter() - t_iter
+            # The previous checkpoint is complete before this iteration counts as logged: a kill
+            # from here on redoes this iteration only.
+            ckpt.wait()
             writer.write(it, metrics)
             logged = it
             last = metrics
@@ -248,28 +317,42 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
                 bar.update(1)
                 bar.set_postfix(success=f"{metrics.get('env/success_once', float('nan')):.2f}")
             if exp.train.save_every and it % exp.train.save_every == 0:
-                ckpt.save(it, state, {"iteration": it, "seed": exp.train.seed})
-                saved_at = it
+                # The save and its record change together: an interrupt in between would save
+                # the same step again in the finally block.
+                with interrupts_deferred():
+                    ckpt.save(it, state, meta())
+                    saved_at = it
     except KeyboardInterrupt:
-        if logged < it:  # interrupted after the update (in its eval): keep what it measured
+        if logged < it:  # interrupted after the update (in its eval, now owed): keep what it measured
             writer.write(it, metrics)
         print(f"interrupted: saving iteration {it} to {workdir / 'checkpoints'}", file=sys.stderr)
         raise
+    except OSError as e:
+        if not isinstance(e, errors.WriteError) and e.errno not in _STORAGE_ERRNOS:
+            raise
+        failed = _write_failure(e, ckpt)
+        raise failed from e
     finally:
         # Every close runs even if the save (or another close) raises: a skipped one could leave
-        # worker processes or checkpoint threads that keep the interpreter from exiting.
-        with contextlib.ExitStack() as cleanup:
+        # worker processes or checkpoint threads that keep the interpreter from exiting. An
+        # interrupt waits for the final checkpoint to be complete.
+        with interrupts_deferred(), contextlib.ExitStack() as cleanup:
             cleanup.callback(writer.close)
             if bar is not None:
                 cleanup.callback(bar.close)
             if evaluator is not None:
                 cleanup.callback(evaluator.close)
             cleanup.callback(pool.close)
-            cleanup.callback(ckpt.close)
-            if saved_at != it or ckpt.latest() is None:
-                ckpt.save(it, state, {"iteration": it, "seed": exp.train.seed})
+            # After a failed write, no final save: the disk or directory would fail it again.
+            if failed is None:
+                cleanup.callback(ckpt.close)
+                if saved_at != it:
+                    ckpt.save(it, state, meta())
     if is_main:
-        logs.plot_learning_curve(workdir, CURVE_KEYS)
+        try:
+            logs.plot_learning_curve(workdir, CURVE_KEYS)
+        except OSError as e:
+            raise _write_failure(e, ckpt) from e
     return last
 
 
@@ -310,8 +393,8 @@ def main(argv):
         exp = sft.warm_start(exp, sections["sft"], workdir)
     try:
         last = train(exp, workdir)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        cli.exit_now(exit_code(e))
     if jax.process_index():
         return
     shown = {k: v for k, v in last.items() if k.startswith(("eval/success", "env/success", "env/return"))}

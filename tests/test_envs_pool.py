@@ -149,13 +149,14 @@ def test_step_messages_round_trip_as_bytes():
     flags = np.array([[8, 13, 0], [8, 8, 10]], np.uint8)
     env_flags = np.array([worker.DONE | worker.RESET_NOW, worker.DONE], np.uint8)
     for instructions in ({}, {0: "open the drawer"}):
-        buf = worker.encode_step_reply(rewards, flags, env_flags, instructions)
-        # 1 tag byte + 2x3 float32 rewards + 2x3 flag bytes + 2 env flag bytes (+ the pickle).
-        head = 1 + 24 + 6 + 2
+        buf = worker.encode_step_reply(rewards, flags, env_flags, instructions, seconds=0.25)
+        # 1 tag byte + float32 seconds + 2x3 float32 rewards + 2x3 flag bytes + 2 env flag bytes
+        # (+ the pickle).
+        head = 1 + 4 + 24 + 6 + 2
         assert len(buf) > head if instructions else len(buf) == head
         kind, raw = pool._decode(buf)
-        r, f, e, text = worker.decode_step_reply(raw, 2, 3)
-        assert kind == "step" and text == instructions
+        r, f, e, text, seconds = worker.decode_step_reply(raw, 2, 3)
+        assert kind == "step" and text == instructions and seconds == 0.25
         np.testing.assert_array_equal(r, rewards)
         np.testing.assert_array_equal(f, flags)
         np.testing.assert_array_equal(e, [3, 1])
@@ -299,3 +300,106 @@ def test_exit_without_close_leaves_nothing():
     assert not any(_alive(x) for x in pids)
     assert not any(_shm_exists(n) for n in names)
     assert "leaked" not in out.stderr
+
+
+@dataclasses.dataclass(frozen=True)
+class DiesAtStart(toy.ToyConfig):
+    """Toy sims whose factory SIGKILLs its own process while ``budget_file`` holds a count above
+    0 (one per start): a replacement worker that dies while starting."""
+
+    budget_file: str = ""
+
+    def __call__(self, worker_index, num_envs):
+        if self.budget_file and os.path.exists(self.budget_file):
+            with open(self.budget_file) as f:
+                left = int(f.read())
+            if left > 0:
+                with open(self.budget_file, "w") as f:
+                    f.write(str(left - 1))
+                os.kill(os.getpid(), signal.SIGKILL)
+        return super().__call__(worker_index, num_envs)
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "pirl.envs.pool" and r.levelname == "WARNING"]
+
+
+def test_replacement_that_dies_while_starting_is_retried(tmp_path, caplog):
+    budget = tmp_path / "deaths"
+    ids = np.array([[0, 0], [1, 1], [2, 2], [1, 3]])
+    act = np.full((4, 3, 2), 0.01, np.float32)
+    with make(DiesAtStart(budget_file=str(budget))) as p:
+        p.reset(ids)
+        budget.write_text("2")  # the next two starts die; the third comes up
+        os.kill(p.worker_pids()[1], signal.SIGKILL)
+        t0 = time.monotonic()
+        r = p.step_chunk(act)
+        # One crash warning, then one per failed start with its backoff: 1 s, then 2 s.
+        assert time.monotonic() - t0 >= 3.0
+        np.testing.assert_array_equal(r.crashed, [0, 0, 1, 1])
+        assert p.restarts.tolist() == [0, 3] and budget.read_text() == "0"
+        msgs = _warnings(caplog)
+        assert len(msgs) == 3, msgs
+        assert "env worker 1" in msgs[0] and "died (killed by SIGKILL) during a step" in msgs[0]
+        assert all("replacement died while starting (killed by SIGKILL)" in m for m in msgs[1:])
+        assert "attempt 2 of 3" in msgs[1] and "attempt 3 of 3" in msgs[2]
+        p.reset(ids)
+        assert p.step_chunk(act).valid.all()  # the third replacement works
+
+
+def test_replacement_that_keeps_dying_is_one_clear_error(tmp_path):
+    budget = tmp_path / "deaths"
+    with make(DiesAtStart(budget_file=str(budget)), restart_attempts=2) as p:
+        p.reset(np.zeros((4, 2), np.int64))
+        budget.write_text("9")
+        os.kill(p.worker_pids()[0], signal.SIGKILL)
+        with pytest.raises(pool.WorkerError) as e:
+            p.step_chunk(np.zeros((4, 2, 2), np.float32))
+    assert e.value.summary == (
+        "env worker 0 died while starting 2 times in a row (last: killed by SIGKILL); the simulator cannot "
+        "start here: run its factory in the main process to see why"
+    )
+
+
+def test_hang_timeout_follows_the_measured_step_time():
+    with make(toy.ToyConfig(sleep_s=0.02), min_timeout_s=0.5, startup_timeout_s=300.0) as p:
+        # Nothing timed yet: the start-up limit.
+        assert p.timeout("reset") == p.timeout("step", 5) == 300.0
+        p.reset(np.zeros((4, 2), np.int64))
+        # A worker's first command after it starts also pays one-time costs: it is not timed.
+        assert p.timeout("reset") == 300.0
+        p.reset(np.zeros((4, 2), np.int64))
+        assert p.timeout("reset") == 0.5  # toy resets take microseconds: the floor
+        p.step_chunk(np.zeros((4, 5, 2), np.float32))
+        # A worker steps its 2 envs one after the other: 5 steps x 2 envs x 20 ms = 0.2 s at
+        # least, so the per-step time is >= 0.04 s and 10 x it x 5 steps >= 2 s (the seconds travel
+        # as float32: 1.99 allows its rounding); well under the start-up limit.
+        assert 1.99 <= p.timeout("step", 5) < 30.0
+        assert p.timeout("step", 10) == pytest.approx(2 * p.timeout("step", 5))
+    with make(toy.ToyConfig(), timeout_s=7.0) as p:
+        assert p.timeout("step", 5) == p.timeout("reset") == 7.0  # set: fixed
+
+
+def test_stopped_worker_is_replaced_within_the_derived_timeout(caplog):
+    ids = np.array([[0, 0], [1, 1], [2, 2], [1, 3]])
+    act = np.full((4, 4, 2), 0.01, np.float32)
+    with make(toy.ToyConfig(max_steps=50), min_timeout_s=1.0) as p:
+        p.reset(ids)
+        p.step_chunk(act)
+        limit = p.timeout("step", 4)
+        assert limit == 1.0  # toy steps take microseconds: the floor
+        victim = p.worker_pids()[1]
+        os.kill(victim, signal.SIGSTOP)
+        t0 = time.monotonic()
+        r = p.step_chunk(act)
+        took = time.monotonic() - t0
+        # Replaced after the limit (plus the replacement's start-up), not after minutes.
+        assert limit <= took < limit + 20.0, took
+        np.testing.assert_array_equal(r.crashed, [0, 0, 1, 1])
+        assert r.valid[:2].all() and p.restarts.tolist() == [0, 1] and p.worker_pids()[1] != victim
+        msgs = _warnings(caplog)
+        assert len(msgs) == 1 and "env worker 1" in msgs[0] and "sent nothing for 1.0 s" in msgs[0], msgs
+        assert not _alive(victim)
+        p.reset(ids)
+        assert p.step_chunk(act).valid.all()
+    print(f"stopped worker replaced after {took:.2f} s (limit {limit:.1f} s)")

@@ -175,6 +175,22 @@ def test_non_finite_updates_are_skipped_and_counted():
     assert np.isfinite(jax.tree.leaves(jax.tree.map(lambda x: np.asarray(x).sum(), new.params))).all()
 
 
+def test_steps_to_non_finite_params_are_skipped_even_with_finite_gradients():
+    with pytest.raises(ValueError, match=r"rl\.lr must be >= 0, got nan"):
+        dataclasses.replace(CONFIG, lr=float("nan"))
+    # A NaN learning rate that gets past the config check (a library caller): loss and gradients
+    # stay finite, every step would make the params NaN, so every step is skipped.
+    config = dataclasses.replace(CONFIG, update_epochs=1)
+    object.__setattr__(config, "lr", float("nan"))
+    params, batch = _rollout()
+    state = upd.init_train_state(config, params)
+    new, m = jax.jit(functools.partial(upd.update, POLICY, MODEL, config))(state, batch, jax.random.key(5))
+    assert np.isfinite(np.asarray(m["grad_norm"])).all() and np.isfinite(np.asarray(m["loss"])).all()
+    assert int(new.skipped) == 2 and np.asarray(m["skipped"]).tolist() == [[1.0, 1.0]]
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_lora_trains_only_lora_leaves_and_heads():
     _, batch = _rollout()
     params = {"model": pi0.init_params(LORA_MODEL, jax.random.key(0))}

@@ -99,7 +99,7 @@ def find_norm_stats(path: pathlib.Path, asset_id: str = "") -> tuple[str, dict[s
     if asset_id:
         for base in (path / "assets", path):
             if (base / asset_id / ns.FILENAME).is_file():
-                return asset_id, ns.load(base / asset_id)
+                return asset_id, validation.load_norm_stats(base / asset_id)
     found = {}
     for file in sorted(path.rglob(ns.FILENAME)):
         rel = file.parent.relative_to(path)
@@ -115,7 +115,7 @@ def find_norm_stats(path: pathlib.Path, asset_id: str = "") -> tuple[str, dict[s
         what = f"several asset ids {sorted(found)}: set model.asset_id" if found else f"no {ns.FILENAME} under it"
         raise validation.CheckpointError(f"{path}: no norm stats chosen ({what})")
     ((asset, directory),) = found.items()
-    return asset, ns.load(directory)
+    return asset, validation.load_norm_stats(directory)
 
 
 # ---------------------------------------------------------------- architecture from PyTorch shapes

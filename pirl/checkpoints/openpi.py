@@ -23,12 +23,7 @@ from pirl.models import gemma, pi0, siglip
 
 
 def _params_dir(path: str | pathlib.Path) -> pathlib.Path:
-    path = remote.resolve_path(path).resolve()
-    if (path / "params").is_dir():
-        path = path / "params"
-    if not path.is_dir():
-        raise validation.CheckpointError(f"no openpi checkpoint at {path} (expected a directory with params/)")
-    return path
+    return validation.openpi_params_dir(remote.resolve_path(path).resolve())
 
 
 def restore_item(
@@ -41,9 +36,13 @@ def restore_item(
     """The ``key`` item of the orbax PyTree checkpoint at ``path``, read alone (other items, e.g. a
     run checkpoint's optimizer state, are not read). numpy arrays, or jax arrays placed with
     ``sharding``; ``dtype`` casts on read."""
-    with ocp.PyTreeCheckpointer() as ckptr:
+    with ocp.PyTreeCheckpointer() as ckptr, validation.reading(path):
         meta = ckptr.metadata(path)
         tree = meta.item_metadata if hasattr(meta, "item_metadata") else meta
+        if tree is None:
+            raise validation.CheckpointError(
+                f"checkpoint {path} is incomplete or corrupt: its tree metadata cannot be read"
+            )
         if key not in tree:
             raise validation.CheckpointError(f"{path} holds no {key!r} item (found {sorted(tree)})")
         item = {key: tree[key]}
@@ -127,7 +126,10 @@ def load_openpi(path: str | pathlib.Path, **overrides) -> tuple[pi0.Pi0Config, d
         actions = pi0.sample_actions(config, params, observation, noise, num_steps=10)
     """
     params = restore_params(path)
-    config = infer_config(params, **overrides)
+    try:
+        config = infer_config(params, **overrides)
+    except validation.CheckpointError as e:
+        raise validation.CheckpointError(f"checkpoint {path}: {e}") from None
     # Stored dtypes vary (float32, bfloat16): only paths and shapes must match the architecture.
     validation.validate_params(params, pi0.param_shapes(config), check_dtype=False)
     return config, params
@@ -145,7 +147,7 @@ def load_norm_stats(path: str | os.PathLike, asset_id: str | None = None) -> dic
         if len(found) != 1:
             raise validation.CheckpointError(f"{assets}: pass asset_id, norm stats exist for {found or 'no asset'}")
         asset_id = found[0]
-    return _norm_stats.load(assets / asset_id)
+    return validation.load_norm_stats(assets / asset_id)
 
 
 def save_openpi(

@@ -68,7 +68,7 @@ def norm_stats(path: pathlib.Path, record: Mapping) -> dict[str, ns.NormStats]:
     file = path / "assets" / asset_id / ns.FILENAME
     if not file.is_file():
         raise validation.CheckpointError(f"{path}: the run's norm stats {file.relative_to(path)} are missing")
-    return ns.load(file)
+    return validation.load_norm_stats(file)
 
 
 def steps(path: pathlib.Path) -> list[int]:

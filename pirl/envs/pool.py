@@ -21,7 +21,17 @@ that dies (segfault, SIGKILL, OOM) is seen as soon as the OS reaps it (well unde
 are reported with ``crashed=True`` and ``valid=False`` for that chunk, a replacement process is
 started at once, and the pool waits for it to come up before returning, so the next call works.
 With auto-reset the replacement resets its envs to fresh init ids and ``obs`` shows them; without,
-those envs stay done until the next ``reset``. Other workers' results are untouched.
+those envs stay done until the next ``reset``. Other workers' results are untouched. A
+replacement that dies while starting is started again after 1, 2, 4, ... s, up to
+``restart_attempts`` times; then WorkerError says so. Each death, hang and failed start is one
+warning line (logger ``pirl.envs.pool``); ``restarts`` counts the replacements per worker.
+
+Hangs: a worker that sends nothing for a while during a command is killed and handled as a
+crash. The limit is ``timeout_s`` if set; else it follows what the workers report they spend:
+``HANG_FACTOR`` × the slowest chunk of that length (per step) or reset seen so far, at least
+``min_timeout_s``; ``startup_timeout_s`` until a reply of that kind has been timed, while a worker
+starts, and for a worker's first command after it started (which also pays one-time costs such as
+render contexts, and is not timed).
 
 Two-stage stepping: with ``num_stages=2`` the workers are split in two halves; the caller sends
 actions for stage 0, computes actions for stage 1 while stage 0 steps, and so on
@@ -32,10 +42,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import multiprocessing as mp
 import os
 import pickle
 import select
+import signal
 import time
 import weakref
 from collections.abc import Callable
@@ -46,6 +58,25 @@ import numpy as np
 from jaxtyping import Float32, Int64
 
 from pirl.envs import base, worker
+
+logger = logging.getLogger(__name__)
+
+# The derived hang limit: this many times the slowest chunk (or reset) seen.
+HANG_FACTOR = 10.0
+
+
+class WorkerError(RuntimeError):
+    """A worker raised (its traceback follows the first line) or cannot be started; ``summary``
+    is the one line a command prints (pirl.cli)."""
+
+    @property
+    def summary(self) -> str:
+        lines = [line.strip() for line in str(self).splitlines() if line.strip()]
+        if len(lines) == 1:
+            return lines[0]
+        # The first line names the worker, the last the exception it raised.
+        return f"{lines[0]} {lines[-1]} (--verbosity=1 shows the worker's traceback)"
+
 
 # Thread pools that workers size from these variables before any simulator is imported: BLAS and
 # OpenMP (threads in all), and llvmpipe/lavapipe (Mesa's CPU renderers), which otherwise start one
@@ -86,6 +117,12 @@ class EnvPool:
         self._closed = False
         self.restarts = np.zeros(cfg.num_workers, np.int64)
         self.crash_log: list[tuple[int, float]] = []  # (worker, time.monotonic() when noticed)
+        self._sent_at = np.zeros(cfg.num_workers)  # time.monotonic() of each worker's last command
+        # Slowest worker-reported seconds per chunk step and per reset (0: not timed yet).
+        self._step_s = self._reset_s = 0.0
+        # A worker's first command after it starts also pays one-time costs (render contexts,
+        # lazy imports): it gets the start-up limit and is not timed.
+        self._fresh = np.ones(cfg.num_workers, bool)
         self.instructions = [""] * self.num_envs
         self.tracker = base.EpisodeTracker(self.num_envs)
         self._done = np.ones(self.num_envs, bool)
@@ -97,7 +134,13 @@ class EnvPool:
         try:
             for w in range(cfg.num_workers):
                 self._start(w, None)
-            ready = self._gather(list(range(cfg.num_workers)), "ready", startup=True)
+            ready = self._gather(list(range(cfg.num_workers)), "ready", cfg.startup_timeout_s, quiet=True)
+            for w, msg in ready.items():
+                if msg is None:
+                    raise WorkerError(
+                        f"env worker {w} died while starting ({_exit_text(self._procs[w])}); run its factory "
+                        "in the main process to see the error"
+                    )
             specs = [ready[w][1] for w in range(cfg.num_workers)]
             self.spec: base.EnvSpec = specs[0]
             if any(s != self.spec for s in specs):
@@ -140,29 +183,82 @@ class EnvPool:
                     os.environ[k] = v
         child.close()
         self._procs[w], self._conns[w] = proc, parent
+        self._sent_at[w] = time.monotonic()
+        self._fresh[w] = True
 
-    def _restart(self, w: int):
-        proc = self._procs[w]
-        if proc.is_alive():
-            proc.kill()
-        proc.join(5)
-        self._conns[w].close()
-        self.restarts[w] += 1
-        self._start(w, {k: s.name for k, s in self._shm.items()})
-        _, _, instructions = self._gather([w], "ready", startup=True)[w]
-        self._set_instructions(w, instructions or {})
+    def timeout(self, kind: str, t_len: int = 0) -> float:
+        """Seconds a worker may stay silent on a ``kind`` command ("step" of ``t_len`` steps,
+        "reset", "ready") before it is replaced (module docstring)."""
+        if kind == "ready":
+            return self.cfg.startup_timeout_s
+        if self.cfg.timeout_s:
+            return self.cfg.timeout_s
+        if kind == "reset":
+            seen = self._reset_s
+        else:
+            # With auto-reset a chunk also resets the envs whose episode ended in it.
+            seen = self._step_s * t_len + (self._reset_s if self.cfg.auto_reset else 0.0) if self._step_s else 0.0
+        return max(self.cfg.min_timeout_s, HANG_FACTOR * seen) if seen else self.cfg.startup_timeout_s
+
+    def _revive(self, w: int, then: tuple | None = None) -> tuple | None:
+        """Replaces dead worker ``w``; a replacement that dies while starting (or on ``then``, a
+        command sent right after it is ready, whose reply is returned) is started again after
+        1, 2, 4, ... s, ``restart_attempts`` times in all; then WorkerError."""
+        for attempt in range(1, self.cfg.restart_attempts + 1):
+            proc = self._procs[w]
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            self._conns[w].close()
+            self.restarts[w] += 1
+            self._start(w, {k: s.name for k, s in self._shm.items()})
+            msg = self._gather([w], "ready", self.cfg.startup_timeout_s, quiet=True)[w]
+            if msg is not None:
+                self._set_instructions(w, msg[2] or {})
+                if then is None:
+                    return msg
+                self._send(w, then)
+                msg = self._gather([w], then[0], self.timeout(then[0]), quiet=True)[w]
+                if msg is not None:
+                    return msg
+            if attempt == self.cfg.restart_attempts:
+                break
+            wait = 2.0 ** (attempt - 1)
+            logger.warning(
+                "env worker %d: its replacement died while starting (%s); starting another in %g s (attempt %d of %d)",
+                w,
+                _exit_text(self._procs[w]),
+                wait,
+                attempt + 1,
+                self.cfg.restart_attempts,
+            )
+            time.sleep(wait)
+        raise WorkerError(
+            f"env worker {w} died while starting {self.cfg.restart_attempts} times in a row (last: "
+            f"{_exit_text(self._procs[w])}); the simulator cannot start here: run its factory in the main "
+            "process to see why"
+        )
+
+    def _send(self, w: int, msg: tuple) -> None:
+        self._sent_at[w] = time.monotonic()
+        # A dead worker's pipe is broken; _gather will see its sentinel and report the crash.
+        with contextlib.suppress(BrokenPipeError, OSError):
+            self._conns[w].send(msg)
 
     def _gather(
         self,
         workers: list[int],
         kind: str,
-        startup: bool = False,
+        limit_s: float,
         on_reply: Callable[[int, tuple], None] | None = None,
+        quiet: bool = False,
+        t_len: int = 0,
     ) -> dict[int, tuple | None]:
         """Waits for one reply of the given kind from each worker, all at once, so that a death is
-        seen as soon as the OS reports it, whatever the others are doing. ``on_reply(w, message)``
-        runs as each reply arrives. Returns {worker: message}, with None for a worker that died
-        (or hung past timeout_s and was killed)."""
+        seen as soon as the OS reports it, whatever the others are doing. A worker silent for
+        ``limit_s`` after its command was sent is killed. ``on_reply(w, message)`` runs as each
+        reply arrives. Returns {worker: message}, with None for a worker that died or hung (one
+        warning line each, unless ``quiet``: the caller reports it)."""
         out: dict[int, tuple | None] = {}
         pending = set(workers)
         # One poll set for the whole wait (pipes and process sentinels), rather than a selector
@@ -172,13 +268,44 @@ class EnvPool:
             for fd in (self._conns[w].fileno(), self._procs[w].sentinel):
                 poller.register(fd, select.POLLIN)
                 owner[fd] = w
-        deadline = time.monotonic() + self.cfg.timeout_s
+        limit = {w: self.cfg.startup_timeout_s if self._fresh[w] and kind != "ready" else limit_s for w in workers}
+        deadline = {w: self._sent_at[w] + limit[w] for w in workers}
+        hung: set[int] = set()
+
+        def lost(w: int, why: str) -> None:
+            pending.discard(w)
+            poller.unregister(self._conns[w].fileno())
+            poller.unregister(self._procs[w].sentinel)
+            self.crash_log.append((w, time.monotonic()))
+            self._procs[w].join(5)
+            if not quiet:
+                m = self.cfg.envs_per_worker
+                then = f"the episodes of its {m} env(s) are dropped" if kind == "step" else "it resets its envs again"
+                logger.warning(
+                    "env worker %d (pid %s) %s during a %s; a replacement starts (restart %d of this worker) and %s",
+                    w,
+                    self._procs[w].pid,
+                    why,
+                    kind,
+                    self.restarts[w] + 1,
+                    then,
+                )
+            out[w] = None
+
         while pending:
-            events = poller.poll(max(0.0, deadline - time.monotonic()) * 1000.0)
-            if not events:  # timed out: a hung simulator is handled like a dead one
-                for w in pending:
+            events = poller.poll(max(0.0, min(deadline[w] for w in pending) - time.monotonic()) * 1000.0)
+            if not events:
+                now = time.monotonic()
+                for w in sorted(pending):
+                    if now < deadline[w]:
+                        continue
+                    if w in hung:  # killed, yet still not reaped: give up on it
+                        lost(w, f"sent nothing for {limit[w]:.1f} s and would not die")
+                        continue
+                    # A hung simulator is handled like a dead one.
+                    hung.add(w)
                     self._procs[w].kill()
-                deadline = time.monotonic() + 5.0  # time for the kills to land
+                    deadline[w] = now + 5.0  # time for the kill to land
                 continue
             ready = {fd for fd, _ in events}
             for w in sorted({owner[fd] for fd in ready} & pending):
@@ -190,24 +317,28 @@ class EnvPool:
                         msg = _decode(conn.recv_bytes())
                 if msg is None and proc.is_alive():
                     continue  # spurious wake-up
+                if msg is None:
+                    if w in hung:
+                        lost(w, f"sent nothing for {limit[w]:.1f} s (the limit; env.timeout_s sets it) and was killed")
+                    else:
+                        lost(w, f"died ({_exit_text(proc)})")
+                    continue
                 pending.discard(w)
                 poller.unregister(conn.fileno())
                 poller.unregister(proc.sentinel)
-                if msg is not None and msg[0] == "error":
+                if msg[0] == "error":
                     proc.join(5)
-                    raise RuntimeError(f"env worker {w} failed:\n{msg[1]}")
-                if msg is not None and msg[0] != kind:
+                    raise WorkerError(f"env worker {w} failed:\n{msg[1]}")
+                if msg[0] != kind:
                     raise RuntimeError(f"env worker {w} replied {msg[0]!r}, expected {kind!r}")
-                if msg is None:
-                    self.crash_log.append((w, time.monotonic()))
-                    proc.join(5)
-                    if startup:
-                        raise RuntimeError(
-                            f"env worker {w} died while starting (exit code {proc.exitcode}); "
-                            "run its factory in the main process to see the error"
-                        )
                 out[w] = msg
-                if msg is not None and on_reply is not None:
+                if kind != "ready":
+                    first, self._fresh[w] = self._fresh[w], False
+                    if kind == "reset" and not first:
+                        self._reset_s = max(self._reset_s, float(msg[2]))
+                    elif kind == "step" and not first:
+                        self._step_s = max(self._step_s, worker.step_reply_seconds(msg[1]) / max(t_len, 1))
+                if on_reply is not None:
                     on_reply(w, msg)
         return out
 
@@ -247,17 +378,13 @@ class EnvPool:
         self._check_open()
         ids = base.check_init_ids(self.spec, init_ids, self.num_envs)
         m = self.cfg.envs_per_worker
-        for w, conn in enumerate(self._conns):
-            # A dead worker's pipe is broken; _gather will see its sentinel and report the crash.
-            with contextlib.suppress(BrokenPipeError, OSError):
-                conn.send(("reset", ids[w * m : (w + 1) * m]))
-        replies = self._gather(list(range(self.cfg.num_workers)), "reset")
+        for w in range(self.cfg.num_workers):
+            self._send(w, ("reset", ids[w * m : (w + 1) * m]))
+        replies = self._gather(list(range(self.cfg.num_workers)), "reset", self.timeout("reset"))
         for w in range(self.cfg.num_workers):
             if replies[w] is None:
                 # A reset has no episode to lose: bring the worker back and reset it again.
-                self._restart(w)
-                self._conns[w].send(("reset", ids[w * m : (w + 1) * m]))
-                replies[w] = self._gather([w], "reset", startup=True)[w]
+                replies[w] = self._revive(w, then=("reset", ids[w * m : (w + 1) * m]))
             self._set_instructions(w, replies[w][1])
         self._pending = [None] * self.cfg.num_workers
         self.tracker.start(np.ones(self.num_envs, bool))
@@ -284,6 +411,7 @@ class EnvPool:
         if any(self._pending[w] is not None for w in workers):
             raise RuntimeError(f"stage {stage} already has a chunk in flight; call recv_step first")
         for k, w in enumerate(workers):
+            self._sent_at[w] = time.monotonic()
             # A dead worker's pipe is broken; _gather will see its sentinel and report the crash.
             with contextlib.suppress(BrokenPipeError, OSError):
                 self._conns[w].send_bytes(worker.encode_actions(actions[k * m : (k + 1) * m]))
@@ -313,18 +441,18 @@ class EnvPool:
                 # With auto-reset the replacement worker has already started fresh episodes.
                 env_flags[local] = worker.DONE | (worker.RESET_NOW if auto else 0)
             else:
-                rewards[local], flags[local], env_flags[local], instructions = worker.decode_step_reply(
+                rewards[local], flags[local], env_flags[local], instructions, _ = worker.decode_step_reply(
                     reply[1], m, t_len
                 )
                 self._set_instructions(w, instructions)
             self._copy_rows(obs, own, local)
             self._copy_rows(final, own, local)
 
-        replies = self._gather(workers, "step", on_reply=unpack)
+        replies = self._gather(workers, "step", self.timeout("step", t_len), on_reply=unpack, t_len=t_len)
         for w in workers:
             self._pending[w] = None
             if replies[w] is None:
-                self._restart(w)
+                self._revive(w)
                 unpack(w, None)
         valid = (flags & worker.VALID) != 0
         success = (flags & worker.SUCCESS) != 0
@@ -382,6 +510,16 @@ class EnvPool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _exit_text(proc) -> str:
+    code = proc.exitcode
+    if code is None:
+        return "still running"
+    if code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"
 
 
 def _shutdown(procs: list, conns: list, shms: dict[str, shared_memory.SharedMemory]):

@@ -11,6 +11,7 @@ import os
 import pickle
 import signal
 import sys
+import time
 import traceback
 from multiprocessing import shared_memory
 
@@ -42,25 +43,35 @@ def encode_step_reply(
     flags: UInt8[np.ndarray, "M T"],
     env_flags: UInt8[np.ndarray, " M"],
     instructions: dict[int, str],
+    seconds: float = 0.0,
 ) -> bytes:
-    """Packs a chunk's per-step rewards and flags, and the per-env flags; the instructions of envs
-    reset at the chunk end (rare) follow as a pickle."""
+    """Packs the worker's time on the chunk (float32 seconds: what the pool's hang timeout is
+    measured from), a chunk's per-step rewards and flags, and the per-env flags; the instructions
+    of envs reset at the chunk end (rare) follow as a pickle."""
     tail = pickle.dumps(instructions) if instructions else b""
-    return b"".join((STEP_TAG, rewards.astype(np.float32).tobytes(), flags.tobytes(), env_flags.tobytes(), tail))
+    head = np.float32(seconds).tobytes()
+    return b"".join((STEP_TAG, head, rewards.astype(np.float32).tobytes(), flags.tobytes(), env_flags.tobytes(), tail))
+
+
+def step_reply_seconds(buf: bytes) -> float:
+    """The worker's seconds on the chunk, from an encoded step reply."""
+    return float(np.frombuffer(buf, np.float32, 1, len(STEP_TAG))[0])
 
 
 def decode_step_reply(
     buf: bytes, m: int, t_len: int
-) -> tuple[Float32[np.ndarray, "M T"], UInt8[np.ndarray, "M T"], UInt8[np.ndarray, " M"], dict[int, str]]:
-    """Inverse of ``encode_step_reply`` for M envs and a chunk of T steps (read-only views)."""
-    k = len(STEP_TAG)
+) -> tuple[Float32[np.ndarray, "M T"], UInt8[np.ndarray, "M T"], UInt8[np.ndarray, " M"], dict[int, str], float]:
+    """Inverse of ``encode_step_reply`` for M envs and a chunk of T steps (read-only views):
+    (rewards, flags, env_flags, instructions, seconds)."""
+    k = len(STEP_TAG) + 4
     r_end = k + 4 * m * t_len
     f_end = r_end + m * t_len
+    seconds = step_reply_seconds(buf)
     rewards = np.frombuffer(buf, np.float32, m * t_len, k).reshape(m, t_len)
     flags = np.frombuffer(buf, np.uint8, m * t_len, r_end).reshape(m, t_len)
     env_flags = np.frombuffer(buf, np.uint8, m, f_end)
     tail = buf[f_end + m :]
-    return rewards, flags, env_flags, pickle.loads(tail) if tail else {}
+    return rewards, flags, env_flags, pickle.loads(tail) if tail else {}, seconds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +87,11 @@ class PoolConfig:
         multi-host job draw what one pool of all the envs would.
       num_stages: split workers into this many stages for pipelined stepping.
       gl: MUJOCO_GL for the workers ("egl" or "osmesa"); None leaves the environment alone.
-      timeout_s: a worker silent for this long during a command is killed and treated as crashed.
+      timeout_s: a worker silent for this long during a command is killed and treated as crashed;
+        0 (default) derives the limit from measured times (see pool.py).
+      min_timeout_s: the least derived limit (scheduling noise on a busy host is not a hang).
+      startup_timeout_s: the limit while a worker starts, and for a command not yet timed.
+      restart_attempts: replacements started in a row for a worker that keeps dying at start.
       threads_per_worker: size of each worker's BLAS/OpenMP/CPU-renderer thread pools. 1 suits one
         worker per core (parallelism from processes, no oversubscription); raise it when there are
         fewer workers than cores.
@@ -92,10 +107,13 @@ class PoolConfig:
     seed: int = 0
     num_stages: int = 1
     gl: str | None = None
-    timeout_s: float = 600.0
+    timeout_s: float = 0.0
     threads_per_worker: int = 1
     env_offset: int = 0
     finish_chunks: bool = False
+    min_timeout_s: float = 10.0
+    startup_timeout_s: float = 600.0
+    restart_attempts: int = 3
 
     def __post_init__(self):
         if self.num_workers < 1 or self.envs_per_worker < 1:
@@ -104,6 +122,10 @@ class PoolConfig:
             raise ValueError(f"num_stages={self.num_stages} must be in [1, num_workers={self.num_workers}]")
         if self.gl not in (None, "egl", "osmesa"):
             raise ValueError(f"gl must be 'egl', 'osmesa' or None, got {self.gl!r}")
+        if not (self.timeout_s >= 0 and self.min_timeout_s > 0 and self.startup_timeout_s > 0):
+            raise ValueError(f"timeouts must be positive (timeout_s 0: derived), got {self}")
+        if self.restart_attempts < 1:
+            raise ValueError(f"restart_attempts must be >= 1, got {self.restart_attempts}")
 
 
 class Worker:
@@ -152,6 +174,7 @@ class Worker:
 
     def step(self, actions: Float32[np.ndarray, "M T A"]) -> bytes:
         """Runs a chunk and returns the encoded reply (see ``encode_step_reply``)."""
+        t0 = time.perf_counter()
         m, t_len = actions.shape[0], actions.shape[1]
         rewards = np.zeros((m, t_len), np.float32)
         flags = np.zeros((m, t_len), np.uint8)
@@ -190,7 +213,7 @@ class Worker:
                 self.write(i, self.last[i], prefix="final/")
             instructions = self.reset(ended, self.next_init_ids(ended))
             env_flags[ended] |= RESET_NOW
-        return encode_step_reply(rewards, flags, env_flags, instructions)
+        return encode_step_reply(rewards, flags, env_flags, instructions, time.perf_counter() - t0)
 
     def serve(self):
         m, action_dim = self.cfg.envs_per_worker, self.spec.action_dim
@@ -207,7 +230,9 @@ class Worker:
             if kind == "attach":
                 self.attach(msg[1])
             elif kind == "reset":
-                self.conn.send(("reset", self.reset(list(range(len(msg[1]))), msg[1])))
+                t0 = time.perf_counter()
+                instructions = self.reset(list(range(len(msg[1]))), msg[1])
+                self.conn.send(("reset", instructions, time.perf_counter() - t0))
             elif kind == "close":
                 return
             else:

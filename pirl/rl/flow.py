@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
+from pirl import ranges
 from pirl.models import pi0
 from pirl.rl import critic
 
@@ -54,6 +55,16 @@ class FlowPolicyConfig:
             raise ValueError(f"logprob_type must be one of {LOGPROB_TYPES}, got {self.logprob_type!r}")
         if self.value_source not in VALUE_SOURCES:
             raise ValueError(f"value_source must be one of {VALUE_SOURCES}, got {self.value_source!r}")
+        ranges.check(
+            "policy",
+            self,
+            num_steps=">= 1",
+            noise_level="> 0",
+            noise_logvar_range="> 0",
+            num_action_chunks=">= 1",
+            action_env_dim=">= 1",
+            value_hidden=">= 1",
+        )
         if self.num_steps < 1 or (self.ignore_last and self.num_steps < 2):
             raise ValueError(f"num_steps={self.num_steps} leaves no step to make stochastic")
         lo, hi = self.noise_logvar_range

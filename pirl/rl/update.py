@@ -54,7 +54,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, Float, Int
 
-from pirl import sharding
+from pirl import ranges, sharding
 from pirl.rl import flow, losses
 
 TRAINABLE_SETS = ("full", "expert_only", "lora")
@@ -90,12 +90,31 @@ class UpdateConfig:
     def __post_init__(self):
         if self.algorithm not in ("ppo", "grpo"):
             raise ValueError(f"algorithm must be 'ppo' or 'grpo', got {self.algorithm!r}")
+        ranges.check(
+            "rl",
+            self,
+            lr=">= 0",
+            value_lr=">= 0",
+            b1="[0, 1)",
+            b2="[0, 1)",
+            eps="> 0",
+            weight_decay=">= 0",
+            grad_clip="> 0",
+            update_epochs=">= 1",
+            minibatch_size=">= 1",
+            micro_batch_size=">= 1",
+            clip_eps="> 0",
+            value_clip=">= 0",
+            huber_delta="> 0",
+            value_coef=">= 0",
+            entropy_bonus=">= 0",
+            lr_decay_steps=">= 0",
+            min_lr_ratio="[0, 1]",
+        )
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.lr_schedule == "cosine" and self.lr_decay_steps < 1:
             raise ValueError(f"lr_schedule 'cosine' needs lr_decay_steps >= 1, got {self.lr_decay_steps}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"min_lr_ratio must lie in [0, 1], got {self.min_lr_ratio}")
         if self.trainable not in TRAINABLE_SETS:
             raise ValueError(f"trainable must be one of {TRAINABLE_SETS}, got {self.trainable!r}")
         if self.minibatch_size % self.micro_batch_size:
@@ -278,6 +297,10 @@ def _loss(
     return total, metrics
 
 
+def _all_finite(tree) -> Array:
+    return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]))
+
+
 def _where_tree(pred, a, b):
     return jax.tree.map(lambda x, y: jnp.where(pred, x, y), a, b)
 
@@ -378,7 +401,9 @@ def update(
         grad_norm = optax.tree.norm(grads)
         updates, new_opt = tx.update(grads, opt_state, tr)
         new_tr = optax.apply_updates(tr, updates)
-        ok = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"])
+        # The new params too: a finite gradient can still step to inf/NaN (an lr or update that
+        # overflows), and those params would be saved and sampled from.
+        ok = jnp.isfinite(grad_norm) & jnp.isfinite(metrics["loss"]) & _all_finite(new_tr)
         metrics |= {"grad_norm": grad_norm, "skipped": (~ok).astype(jnp.float32), "lr": lr, "value_lr": value_lr}
         carry = (_where_tree(ok, new_tr, tr), _where_tree(ok, new_opt, opt_state), skipped + (~ok))
         return carry, metrics
