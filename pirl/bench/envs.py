@@ -32,6 +32,7 @@ import time
 
 import numpy as np
 
+from pirl.bench import vs_gym
 from pirl.envs import libero, maniskill, metaworld, pool, toy
 
 
@@ -152,9 +153,6 @@ def main(argv=None):
 
 def compare_gym(args) -> list[tuple]:
     """EnvPool vs AsyncVectorEnv rows: (render, busy, pool steps/s, gym steps/s, ratio, load)."""
-    # Late: the comparison needs gymnasium, which ships with the simulators, not with pirl's core.
-    from pirl.bench import vs_gym
-
     procs = args.max_procs
     print(
         f"EnvPool vs gymnasium AsyncVectorEnv: {args.vs_gym}, {procs} processes x 1 env, chunk {args.chunk}, "

@@ -10,7 +10,6 @@ and the load average over the run.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -36,25 +35,6 @@ class ChunkEnvFactory:
 
     def __call__(self):
         return ChunkEnv(self.factory(0, 1), self.chunk, self.seed)
-
-
-@contextlib.contextmanager
-def _worker_environ(gl: str | None):
-    """The environment EnvPool gives its workers (thread pools, GL backend), for processes spawned
-    inside the block: they inherit it before importing anything."""
-    env = pool.worker_thread_env(1)
-    if gl is not None:
-        env.update(MUJOCO_GL=gl, PYOPENGL_PLATFORM=gl)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 class ChunkEnv(gym.Env):
@@ -164,7 +144,7 @@ def compare(
     env_fns = [ChunkEnvFactory(factory, chunk, seed=i) for i in range(procs)]
     cfg = pool.PoolConfig(procs, 1, auto_reset=True, gl=gl)
     with pool.EnvPool(factory, cfg) as p:
-        with _worker_environ(gl):
+        with pool.worker_environ(1, gl):
             gym_env = AsyncVectorEnv(env_fns, context="spawn", autoreset_mode=AutoresetMode.SAME_STEP)
         try:
             p.reset(np.zeros((procs, 2), np.int64))

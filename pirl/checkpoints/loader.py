@@ -31,7 +31,6 @@ import pathlib
 from collections.abc import Mapping
 
 import numpy as np
-from flax import traverse_util
 
 from pirl.checkpoints import heads as heads_lib
 from pirl.checkpoints import lerobot, openpi, pytorch, remote, run, validation
@@ -246,17 +245,7 @@ def _split_heads(tree: dict) -> tuple[dict, dict]:
 
 
 def _from_weights(tensors: dict, config: pi0.Pi0Config, seed: int) -> dict:
-    template = pi0.param_shapes(config)
-    converted, _ = pytorch.from_torch(tensors, template)
-    flat = traverse_util.flatten_dict(converted)
-    rng = np.random.default_rng(seed)
-    for key, spec in traverse_util.flatten_dict(template).items():
-        if key not in flat and any("lora" in part for part in key):
-            # PyTorch checkpoints hold no LoRA weights: fresh ones, normal(0.01) as openpi's init.
-            flat[key] = (0.01 * rng.standard_normal(spec.shape)).astype(spec.dtype)
-    params = traverse_util.unflatten_dict(flat)
-    validation.validate_params(params, template, check_dtype=False)
-    return params
+    return pytorch.params_from_torch(tensors, config, seed=seed, check_dtype=False)[0]
 
 
 # ---------------------------------------------------------------- the loader

@@ -354,22 +354,28 @@ def load_torch(path: str | os.PathLike, template) -> tuple[dict, dict[str, np.nd
     return from_torch(load_safetensors(path), template)
 
 
-def load_pytorch(
-    path: str | os.PathLike, config: pi0.Pi0Config, *, seed: int = 0
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """PyTorch safetensors (local, hf://, gs://; single or sharded) → (params for `config`, extras).
-
-    Extras are checkpoint tensors the model has no place for (e.g. an RL value head). PyTorch
-    checkpoints hold no LoRA weights: for a LoRA config those start fresh, normal(0.01) as
-    openpi initializes them (from `seed`).
-    """
+def params_from_torch(tensors: Mapping[str, np.ndarray], config: pi0.Pi0Config, *, seed: int = 0, check_dtype=True):
+    """PyTorch-named tensors → (params for `config`, extras). PyTorch checkpoints hold no LoRA
+    weights: for a LoRA config those start fresh, normal(0.01) as openpi initializes them (from
+    `seed`). Raises CheckpointError for a missing tensor or a shape that does not fit."""
     template = pi0.param_shapes(config)
-    converted, extras = load_torch(remote.resolve_path(path), template)
+    converted, extras = from_torch(tensors, template)
     flat = traverse_util.flatten_dict(converted)
     rng = np.random.default_rng(seed)
     for key, spec in traverse_util.flatten_dict(template).items():
         if key not in flat and any("lora" in part for part in key):
             flat[key] = (0.01 * rng.standard_normal(spec.shape)).astype(spec.dtype)
     params = traverse_util.unflatten_dict(flat)
-    validation.validate_params(params, template)
+    validation.validate_params(params, template, check_dtype=check_dtype)
     return params, extras
+
+
+def load_pytorch(
+    path: str | os.PathLike, config: pi0.Pi0Config, *, seed: int = 0
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """PyTorch safetensors (local, hf://, gs://; single or sharded) → (params for `config`, extras).
+
+    Extras are checkpoint tensors the model has no place for (e.g. an RL value head); LoRA weights
+    start fresh (``params_from_torch``).
+    """
+    return params_from_torch(load_safetensors(remote.resolve_path(path)), config, seed=seed)

@@ -93,6 +93,25 @@ def worker_thread_env(threads_per_worker: int) -> dict[str, str]:
     return {**{k: str(threads_per_worker) for k in _THREAD_VARS}, _RASTER_VAR: str(threads_per_worker - 1)}
 
 
+@contextlib.contextmanager
+def worker_environ(threads_per_worker: int, gl: str | None):
+    """The environment workers get (thread pools, GL backend), set for processes spawned inside the
+    block: a spawned child reads it before importing anything. The parent's is restored after."""
+    env = worker_thread_env(threads_per_worker)
+    if gl is not None:
+        env.update(MUJOCO_GL=gl, PYOPENGL_PLATFORM=gl)
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 # The config lives with the worker that reads it: pool imports worker, never the reverse.
 PoolConfig = worker.PoolConfig
 
@@ -161,13 +180,7 @@ class EnvPool:
     # -- process management ----------------------------------------------------------------
     def _start(self, w: int, shm_names):
         parent, child = self._ctx.Pipe(duplex=True)
-        threads = worker_thread_env(self.cfg.threads_per_worker)
-        saved = {k: os.environ.get(k) for k in [*threads, "MUJOCO_GL", "PYOPENGL_PLATFORM"]}
-        os.environ.update(threads)
-        if self.cfg.gl is not None:
-            os.environ["MUJOCO_GL"] = self.cfg.gl
-            os.environ["PYOPENGL_PLATFORM"] = self.cfg.gl
-        try:
+        with worker_environ(self.cfg.threads_per_worker, self.cfg.gl):
             proc = self._ctx.Process(
                 target=worker.worker_main,
                 args=(child, self.factory, w, self.cfg, shm_names, int(self.restarts[w])),
@@ -175,12 +188,6 @@ class EnvPool:
                 name=f"pirl-env-{w}",
             )
             proc.start()
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         child.close()
         self._procs[w], self._conns[w] = proc, parent
         self._sent_at[w] = time.monotonic()
