@@ -141,6 +141,22 @@ def exit_now(code: int, grace_s: float = 3.0) -> None:
     os._exit(code)
 
 
+def exit_if_stuck(e: BaseException, after_s: float = 30.0) -> threading.Timer:
+    """Arms a timer that prints ``error: <e>`` and exits 1 if the process is still alive
+    ``after_s`` seconds later: after a failure that already ended the run (a storage error), the
+    closing of worker pools and checkpoint threads must not hold it. Cancel it once closed."""
+
+    def stop() -> None:
+        print(f"error: {one_line(e)} (closing the run took over {after_s:g} s: stopped)", file=sys.stderr, flush=True)
+        logging.shutdown()
+        os._exit(1)
+
+    timer = threading.Timer(after_s, stop)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _one_line_orbax_errors(record: logging.LogRecord) -> bool:
     """orbax logs each failure of a background save with its traceback before raising it to the
     caller, which reports it as one ``error:`` line: its own records keep their first line only."""

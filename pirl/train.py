@@ -222,6 +222,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     saved_at = start if ckpt.latest() is not None else None
     logged = start
     failed: errors.WriteError | None = None
+    stuck: threading.Timer | None = None  # ends the process if closing hangs after a failed write
     _install_sigterm()
     bar = None
     if exp.train.progress and is_main:
@@ -331,12 +332,15 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
         if not isinstance(e, errors.WriteError) and e.errno not in _STORAGE_ERRNOS:
             raise
         failed = _write_failure(e, ckpt)
+        stuck = cli.exit_if_stuck(failed)
         raise failed from e
     finally:
         # Every close runs even if the save (or another close) raises: a skipped one could leave
         # worker processes or checkpoint threads that keep the interpreter from exiting. An
         # interrupt waits for the final checkpoint to be complete.
         with interrupts_deferred(), contextlib.ExitStack() as cleanup:
+            if stuck is not None:  # closed (or failed to close) in time: the exception reports it
+                cleanup.callback(stuck.cancel)
             cleanup.callback(writer.close)
             if bar is not None:
                 cleanup.callback(bar.close)

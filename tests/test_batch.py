@@ -39,6 +39,7 @@ def _trajectory(end_steps, success) -> Trajectory:
         episodes={},
         env_steps=int(steps.sum()),
         timing={},
+        crashed=np.zeros(n, bool),
     )
 
 

@@ -110,7 +110,7 @@ def test_observation_is_the_render_rotated_180_degrees(tmp_path):
     )
     run = subprocess.run(
         [sys.executable, "-c", code],
-        env={**os.environ, "MUJOCO_GL": "osmesa"},
+        env={**os.environ, "MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa"},
         cwd=ROOT,
         capture_output=True,
         text=True,

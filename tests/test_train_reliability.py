@@ -4,6 +4,7 @@ stale temporary checkpoint directories go at start; an unwritable checkpoint dir
 run in seconds with one line; SIGTERM exits 143; random SIGKILLs leave the final state bit-identical
 with at most one iteration redone per kill."""
 
+import contextlib
 import os
 import pathlib
 import random
@@ -341,18 +342,31 @@ def _make_unwritable(path: pathlib.Path):
 def test_an_unwritable_checkpoint_directory_ends_the_run_within_seconds(tmp_path):
     workdir = tmp_path / "run"
     cmd = [sys.executable, "-m", "pirl.train", *TOY, "--config.train.iterations=100000", f"--workdir={workdir}"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(tmp_path / "cache"), stderr=subprocess.PIPE, text=True)
+    # stderr to a file, not a pipe its worker processes could hold open; its own session, so that
+    # whatever it leaves running can be found; a hang dumps every thread's stack (faulthandler).
+    log = tmp_path / "stderr.txt"
+    env = _env(tmp_path / "cache") | {"PYTHONFAULTHANDLER": "1"}
+    with open(log, "w") as err_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=err_file, text=True, start_new_session=True)
     undo = None
     try:
-        assert _wait_for_step(proc, workdir, 3), proc.communicate()[1][-3000:]
+        assert _wait_for_step(proc, workdir, 3), log.read_text()[-3000:]
         how, undo = _make_unwritable(workdir / "checkpoints")
         t0 = time.monotonic()
-        _, err = proc.communicate(timeout=300)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGABRT)
+            proc.wait(timeout=30)
+            pytest.fail(f"the run went on for 120 s after its checkpoints turned read-only: {log.read_text()[-6000:]}")
         took = time.monotonic() - t0
+        left = _session_processes(proc.pid, wait_s=15)
     finally:
-        proc.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         if undo:
             undo()
+    err = log.read_text()
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert proc.returncode == 1 and len(lines) == 1, err[-3000:]
     assert re.fullmatch(
@@ -362,7 +376,42 @@ def test_an_unwritable_checkpoint_directory_ends_the_run_within_seconds(tmp_path
     ), lines[0]
     # The next save comes at most one iteration after the directory turned read-only.
     assert took < 60, took
+    assert not left, f"still running after the run ended: {left}"
     print(f"made read-only with {how}; exited {took:.1f} s later: {lines[0]}")
+
+
+def _session_processes(sid: int, wait_s: float) -> list[str]:
+    """Command lines of the processes still in session ``sid`` after up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        left = []
+        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError):
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                if int(fields[3]) == sid and fields[0] != "Z":  # session id; zombies have ended
+                    left.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()[:200])
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def test_a_hung_close_after_a_failed_write_still_ends_the_process_in_one_line():
+    code = (
+        "import time\n"
+        "from pirl import cli, errors\n"
+        "cli.exit_if_stuck(errors.WriteError('cannot write checkpoint /x/3 (Read-only file system)'), 0.5)\n"
+        "time.sleep(60)\n"
+    )
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and time.monotonic() - t0 < 30, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [
+        "error: cannot write checkpoint /x/3 (Read-only file system) (closing the run took over 0.5 s: stopped)"
+    ]
+    # Closed in time: the timer is cancelled and the process carries on.
+    code = "import time\nfrom pirl import cli\ncli.exit_if_stuck(OSError('x'), 0.5).cancel()\ntime.sleep(1.0)\n"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stderr == "", out.stderr[-2000:]
 
 
 @pytest.mark.slow
