@@ -17,6 +17,18 @@ if "xla_backend_optimization_level" not in _flags:
 os.environ["XLA_FLAGS"] = _flags
 
 
+@pytest.fixture(scope="module")
+def module_compile_cache(tmp_path_factory):
+    """One persistent XLA cache for a module whose runs compile the same programs: each compiles once."""
+    import jax  # after the flags above
+
+    old = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", old)
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("libero_assets") is not None:
         from pirl.envs import libero  # numpy only: no JAX before the flags above matter

@@ -30,6 +30,9 @@ from pirl.models import pi0
 from pirl.rl import update as upd
 from tests.test_checkpoints_torch import independent_torch_state_dict
 
+# Every run here compiles the same programs: a persistent cache shared by the module.
+pytestmark = pytest.mark.usefixtures("module_compile_cache")
+
 ASSET = "physical-intelligence/libero"
 HIDDEN = (32, 32)  # the shrunk recipes' critic
 
@@ -50,16 +53,6 @@ def _config(checkpoint: str = "", **model):
 
 def _exp(checkpoint: str = "", **model):
     return cli.to_experiment(_config(checkpoint, **model))[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _compile_cache(tmp_path_factory):
-    """Every run here compiles the same programs: a shared persistent cache compiles them once."""
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old)
 
 
 @pytest.fixture(scope="module")

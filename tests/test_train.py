@@ -11,10 +11,14 @@ import time
 import jax
 import numpy as np
 import pytest
+from train_helpers import interrupt_after_update
 
 from configs import common
 from pirl import cli, logging, runsetup, runstate, train
 from pirl.rl import update as upd
+
+# Every run here compiles the same programs: a persistent cache shared by the module.
+pytestmark = pytest.mark.usefixtures("module_compile_cache")
 
 TIMING = ("time/", "env/steps_per_s")
 
@@ -44,36 +48,6 @@ def _final_params(workdir, exp):
     return meta, state.params
 
 
-@pytest.fixture(autouse=True)
-def _compile_cache(tmp_path_factory):
-    """The three runs compile the same programs; a shared persistent cache compiles them once."""
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old)
-
-
-def _interrupt_after_update(monkeypatch, call: int):
-    """Makes the update send this process SIGINT the moment its ``call``-th call returns: the old
-    state's buffers are donated, the new state is not yet bound to ``state``."""
-    real = upd.jit_update
-
-    def patched(*args, **kwargs):
-        fn, calls = real(*args, **kwargs), []
-
-        def update_fn(*a):
-            out = fn(*a)
-            calls.append(1)
-            if len(calls) == call:
-                os.kill(os.getpid(), signal.SIGINT)
-            return out
-
-        return update_fn
-
-    monkeypatch.setattr(upd, "jit_update", patched)
-
-
 def test_interrupts_deferred_holds_the_signal_to_the_end_of_the_block():
     ran = []
     with pytest.raises(KeyboardInterrupt, match="signal 2"), train.interrupts_deferred():
@@ -93,7 +67,7 @@ def test_stopped_and_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch)
     # Resumed towards 4, then Ctrl-C lands right after iteration 3's update has donated the old
     # state: the final checkpoint holds the updated state as iteration 3, with its metrics logged.
     with monkeypatch.context() as m:
-        _interrupt_after_update(m, call=1)
+        interrupt_after_update(m, call=1)
         with pytest.raises(KeyboardInterrupt):
             train.train(_experiment(4), resumed)
     assert [r["step"] for r in _rows(resumed)] == [1, 2, 3]

@@ -21,12 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from train_helpers import interrupt_after_update
 
 from configs import metaworld_ppo
 from pirl import cli, errors, runsetup, runstate, train
 from pirl import eval as eval_lib
 from pirl import logging as logs
 from pirl.rl import update as upd
+
+# Every run here compiles the same programs: a persistent cache shared by the module.
+pytestmark = pytest.mark.usefixtures("module_compile_cache")
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TIMING = ("time/", "env/steps_per_s")
@@ -61,16 +65,6 @@ def _final(workdir, exp):
     return meta, state
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _compile_cache(tmp_path_factory):
-    """The runs compile the same programs; a shared persistent cache compiles them once."""
-    old = jax.config.jax_compilation_cache_dir
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old)
-
-
 # ---------------------------------------------------------------- an interrupted evaluation
 
 EVAL_RUN = dict(save_every=100, eval_every=3)  # evaluations after iterations 0, 3 and 4 (the last)
@@ -81,25 +75,6 @@ def straight(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("straight")
     train.train(_toy(4, **EVAL_RUN), workdir)
     return workdir
-
-
-def _interrupt_update(monkeypatch, call: int):
-    """SIGINT the moment the ``call``-th update returns (held until the update's block ends)."""
-    real = upd.jit_update
-
-    def patched(*args, **kwargs):
-        fn, calls = real(*args, **kwargs), []
-
-        def update_fn(*a):
-            out = fn(*a)
-            calls.append(1)
-            if len(calls) == call:
-                os.kill(os.getpid(), signal.SIGINT)
-            return out
-
-        return update_fn
-
-    monkeypatch.setattr(upd, "jit_update", patched)
 
 
 def _interrupt_eval(monkeypatch, call: int):
@@ -121,7 +96,7 @@ def test_an_interrupted_evaluation_is_done_by_the_resumed_run(tmp_path, monkeypa
     exp = _toy(4, **EVAL_RUN)
     with monkeypatch.context() as m:
         if where == "update":
-            _interrupt_update(m, call=3)  # Ctrl-C during iteration 3's update
+            interrupt_after_update(m, call=3)  # Ctrl-C during iteration 3's update
         else:
             _interrupt_eval(m, call=2)  # during iteration 3's evaluation (the first is iteration 0's)
         with pytest.raises(KeyboardInterrupt):
