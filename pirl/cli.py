@@ -93,11 +93,32 @@ def define_config_flag(default: str | None = None) -> flags.FlagHolder:
     return config_flags.DEFINE_config_file("config", default, "experiment config file (configs/*.py[:arg])")
 
 
+# absl's help flags: each prints its text and exits.
+HELP_FLAGS = ("help", "h", "?", "helpshort", "helpfull", "helpxml")
+
+
+def _own_flags_are_key_flags() -> None:
+    """Lists the flags pirl's modules define for the command (``--config`` from here, the
+    multi-host ones from pirl.launch) in its ``--help`` beside those of its own module: absl's
+    short help shows only the main module's key flags."""
+    main = sys.argv[0]
+    for module, defined in flags.FLAGS.flags_by_module_dict().items():
+        if module.startswith("pirl.") and module != main:
+            for flag in defined:
+                flags.FLAGS.register_key_flag_for_module(main, flag)
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing that turns a mistyped ``--config.a.b`` into one line naming the field
     and its closest valid names, instead of a traceback."""
+    _own_flags_are_key_flags()
     try:
         return flags.FLAGS(argv)
+    except SystemExit as e:
+        # absl exits 1 after printing the help it was asked for; that request succeeded.
+        if e.code == 1 and any(a.split("=")[0].lstrip("-") in HELP_FLAGS for a in argv[1:]):
+            sys.exit(0)
+        raise
     except flags.Error as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

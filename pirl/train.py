@@ -1,4 +1,4 @@
-"""Online RL fine-tuning of π0 / π0.5: rollout → advantages → update, with eval, logs and resume.
+r"""Online RL fine-tuning of π0 / π0.5: rollout → advantages → update, with eval, logs and resume.
 
     python -m pirl.train --config=configs/quickstart.py --workdir=runs/quickstart
     python -m pirl.train --config=configs/libero_ppo.py:suite=spatial --config.rl.lr=1e-5 --workdir=runs/x

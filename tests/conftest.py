@@ -2,6 +2,7 @@
 marked ``libero_assets`` skip, with the reason, where LIBERO's scene assets are not found."""
 
 import os
+import signal
 
 import pytest
 
@@ -15,6 +16,12 @@ if "xla_force_host_platform_device_count" not in _flags:
 if "xla_backend_optimization_level" not in _flags:
     _flags = f"{_flags} --xla_backend_optimization_level=0".strip()
 os.environ["XLA_FLAGS"] = _flags
+
+# The Ctrl-C tests need Python's own SIGINT handler here and in the runs they start (exec resets a
+# handler to the default, but an ignored signal stays ignored): a shell starts background jobs,
+# and some CI runners their steps, with SIGINT ignored.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import tokenize
 
 import pytest
 
@@ -83,3 +84,37 @@ def test_shrunk_quickstart_prints_no_library_info(tmp_path):
     lines = [line.split("\r")[-1] for line in text.splitlines()]
     assert len(lines) <= 25, "\n".join(lines)
     assert "eval before training: success" in out.stdout and out.stdout.strip().splitlines()[-1].startswith("done: ")
+
+
+def test_help_shows_the_usage_as_written_and_every_flag_of_the_command():
+    out = subprocess.run(
+        [sys.executable, "-m", "pirl.train", "--help"],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    # The multi-host example keeps its two lines (a backslash ends the first).
+    assert "--coordinator_address=host0:1234 \\\n        --num_processes=4" in out.stdout, out.stdout
+    flags_part = out.stdout.split("\nflags:\n", 1)[1]
+    for flag in ("--config:", "--workdir:", "--coordinator_address:", "--num_processes:", "--process_id:"):
+        assert flag in flags_part, flags_part
+
+
+CONTINUATION = re.compile(r"(?<!\\)(?:\\\\)*\\\n")
+
+
+def test_no_string_in_pirl_ends_a_line_with_a_stray_line_continuation():
+    """A backslash at the end of a line in a plain (non-raw) string joins it to the next: usage
+    examples in docstrings must keep theirs (raw strings)."""
+    bad = []
+    for path in sorted((ROOT / "pirl").rglob("*.py")):
+        with tokenize.open(path) as f:
+            for tok in tokenize.generate_tokens(f.readline):
+                prefix = tok.string[: len(tok.string) - len(tok.string.lstrip("rRbBuUfF"))]
+                # An odd run of backslashes before a newline: the last one escapes the newline.
+                if tok.type == tokenize.STRING and "r" not in prefix.lower() and CONTINUATION.search(tok.string):
+                    bad.append(f"{path.relative_to(ROOT)}:{tok.start[0]}")
+    assert not bad, bad

@@ -34,7 +34,8 @@ apt_install() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
 }
-# MuJoCo (MetaWorld, LIBERO) renders through EGL or OSMesa; ffmpeg ships with imageio-ffmpeg.
+# MuJoCo (MetaWorld, LIBERO) renders through EGL or OSMesa. pirl writes videos with PyAV (requirements.txt);
+# imageio-ffmpeg serves the simulators' own video tools.
 apt_install libosmesa6 libosmesa6-dev libegl1 libgl1 libglfw3 libvulkan1
 
 if want maniskill; then

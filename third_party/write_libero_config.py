@@ -20,4 +20,4 @@ if __name__ == "__main__":
     ap.add_argument("--dir", default=os.environ.get("LIBERO_CONFIG_PATH") or libero.default_config_dir())
     ap.add_argument("--assets", default=os.environ.get(libero.ASSETS_ENV))
     args = ap.parse_args()
-    print(libero.write_config(args.dir, args.assets))
+    print(f"LIBERO config written: {libero.write_config(args.dir, args.assets)}")

@@ -1,4 +1,4 @@
-"""Time per action chunk and achieved FLOP/s of π0 / π0.5 sampling.
+r"""Time per action chunk and achieved FLOP/s of π0 / π0.5 sampling.
 
     python -m pirl.bench.sample --model=pi0 --batch=1,64 --steps=10 --cameras=3 --masked=1 --dtype=bfloat16
 

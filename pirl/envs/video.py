@@ -69,16 +69,32 @@ class VideoRecorder:
             self.frames.setdefault(int(i), []).append(np.ascontiguousarray(frame))
 
     def save(self, prefix: str = "episode") -> list[str]:
-        """Writes ``{out_dir}/{prefix}_env{i}.mp4`` for every env with frames; returns the paths."""
-        # Late: imageio (and its ffmpeg plugin) is needed only when a video is written.
-        import imageio.v2 as imageio
+        """Writes ``{out_dir}/{prefix}_env{i}.mp4`` for every env with frames; returns the paths.
+
+        H.264 in yuv420p (what browsers, TensorBoard and wandb play), encoded in this process by
+        PyAV: no ffmpeg subprocess is forked from a process that runs JAX's threads. A frame of odd
+        height or width gets its last row or column repeated (4:2:0 needs even sizes)."""
+        # Late: imageio's PyAV plugin is needed only when a video is written.
+        import imageio.v3 as iio
 
         os.makedirs(self.out_dir, exist_ok=True)
         paths = []
         for i, frames in sorted(self.frames.items()):
             path = os.path.join(self.out_dir, f"{prefix}_env{i:03d}.mp4")
-            # macro_block_size=1: keep odd sizes as they are instead of resizing with a warning.
-            imageio.mimwrite(path, frames, fps=self.fps, macro_block_size=1)
+            iio.imwrite(
+                path,
+                even_sized(np.stack(frames)),
+                plugin="pyav",
+                codec="libx264",
+                out_pixel_format="yuv420p",
+                fps=self.fps,
+            )
             paths.append(path)
         self.frames.clear()
         return paths
+
+
+def even_sized(frames: UInt8[np.ndarray, "T H W 3"]) -> UInt8[np.ndarray, "T H2 W2 3"]:
+    """``frames`` with the last row / column repeated where H / W is odd (H2, W2 even)."""
+    h, w = frames.shape[1:3]
+    return np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
