@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -221,6 +222,17 @@ def test_dense_reward_runs_to_the_step_limit():
 def test_expert_needs_full_state():
     with pytest.raises(ValueError, match=r"full \(N, 39\) state"):
         mw.expert_actions(["reach-v3"], np.zeros((1, 4)))
+
+
+def test_expert_actions_are_clipped_without_the_library_warning():
+    # Hand far from the goal: reach's expert asks for more than the env's [-1, 1] (MetaWorld warns
+    # "Constant(s) may be too high" from move()); pirl clips as the env does, silently.
+    state = np.zeros((1, 39))
+    state[0, :3], state[0, 36:39] = (0.0, 0.6, 0.2), (0.5, 0.9, 0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actions = mw.expert_actions(["reach-v3"], state)
+    assert np.abs(actions).max() == 1.0
 
 
 def test_group_init_ids_cover_tasks_and_trials():
