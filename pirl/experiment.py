@@ -148,8 +148,7 @@ class EnvSection:
     fast_render: bool = False
 
     def __post_init__(self):
-        if self.sim not in SIMS:
-            raise ValueError(f"env.sim must be one of {SIMS}, got {self.sim!r}")
+        ranges.one_of("env", self, sim=SIMS)
         ranges.check(
             "env",
             self,
@@ -181,8 +180,7 @@ class EnvSection:
         if self.backend not in ("cpu", "gpu"):
             raise ValueError(f"env.backend must be 'cpu' or 'gpu', got {self.backend!r}")
         modes = ("", "sparse", "dense", "normalized_dense", "grasp")
-        if self.reward_mode not in modes:
-            raise ValueError(f"env.reward_mode must be one of {modes}, got {self.reward_mode!r}")
+        ranges.one_of("env", self, reward_mode=modes)
         if self.num_envs % self.num_workers:
             raise ValueError(f"env.num_envs={self.num_envs} is not a multiple of env.num_workers={self.num_workers}")
         if self.num_envs % self.group_size:
@@ -203,8 +201,7 @@ class AdvantageConfig:
         ranges.check("advantage", self, gamma="[0, 1]", gae_lambda="[0, 1]", filter_low="finite", filter_high="finite")
         if self.filter_low > self.filter_high:
             raise ValueError(f"advantage.filter_low={self.filter_low} exceeds advantage.filter_high={self.filter_high}")
-        if self.bootstrap not in BOOTSTRAP:
-            raise ValueError(f"advantage.bootstrap must be one of {BOOTSTRAP}, got {self.bootstrap!r}")
+        ranges.one_of("advantage", self, bootstrap=BOOTSTRAP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,8 +237,7 @@ class TrainSection:
             keep_checkpoints=">= 1",
             video_every=">= 0",
         )
-        if self.wandb_mode not in WANDB_MODES:
-            raise ValueError(f"train.wandb_mode must be one of {WANDB_MODES}, got {self.wandb_mode!r}")
+        ranges.one_of("train", self, wandb_mode=WANDB_MODES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Range checks for the numeric fields of config dataclasses, with the field named in the error.
+"""Range checks for the numeric fields of config dataclasses (and choice checks for the others), with
+the field named in the error.
 
 A rule is a small interval text, so the dataclass states its valid values where they are read:
 ``"> 0"``, ``">= 1"``, ``"[0, 1]"``, ``"[0, 1)"``, ``"finite"``, and alternatives joined by ``or``
@@ -6,6 +7,7 @@ A rule is a small interval text, so the dataclass states its valid values where 
 
     ranges.check("rl", self, lr=">= 0", b1="[0, 1)", update_epochs=">= 1")
     # ValueError: rl.lr must be >= 0, got nan
+    ranges.one_of("rl", self, lr_schedule=("constant", "cosine"))
 """
 
 from __future__ import annotations
@@ -59,6 +61,15 @@ def check(section: str, obj, **rules: str) -> None:
         if not all(ok(v, rule) for v in items):
             each = " (each element)" if isinstance(value, tuple) else ""
             raise ValueError(f"{section}.{name} must be {rule}{each}, got {value!r}")
+
+
+def one_of(section: str, obj, **choices) -> None:
+    """Raises ValueError naming ``section.field`` for the first field of ``obj`` whose value is
+    not among its choices (a collection)."""
+    for name, allowed in choices.items():
+        value = getattr(obj, name)
+        if value not in allowed:
+            raise ValueError(f"{section}.{name} must be one of {tuple(allowed)}, got {value!r}")
 
 
 def numeric_fields(cls) -> list[str]:

@@ -67,3 +67,26 @@ def test_command_line_values_are_checked_through_the_config(tmp_path):
     c.env.num_workers = 0
     with pytest.raises(cli.ConfigError, match=r"^env\.num_workers must be >= 1, got 0$"):
         cli.to_experiment(c)
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [
+        ("env", "sim", "mujoco"),
+        ("advantage", "bootstrap", "sometimes"),
+        ("train", "wandb_mode", "loud"),
+        ("policy", "noise_method", "flow_sde2"),
+        ("policy", "logprob_type", "per_token"),
+        ("policy", "value_source", "head"),
+        ("rl", "lr_schedule", "linear"),
+        ("rl", "trainable", "everything"),
+    ],
+)
+def test_a_value_outside_a_fields_choices_is_rejected_naming_the_field(section, field, value):
+    with pytest.raises(ValueError, match=rf"^{section}\.{field} must be one of \(.*\), got '{value}'$"):
+        SECTIONS[section](**{field: value})
+
+
+def test_a_reward_mode_outside_the_choices_is_rejected_naming_the_field():
+    with pytest.raises(ValueError, match=r"^env\.reward_mode must be one of \(.*'grasp'\), got 'dense_ish'$"):
+        experiment.EnvSection(sim="maniskill", task="PickCube-v1", reward_mode="dense_ish")

@@ -49,12 +49,9 @@ class FlowPolicyConfig:
     detach_critic_input: bool = True
 
     def __post_init__(self):
-        if self.noise_method not in NOISE_METHODS:
-            raise ValueError(f"noise_method must be one of {NOISE_METHODS}, got {self.noise_method!r}")
-        if self.logprob_type not in LOGPROB_TYPES:
-            raise ValueError(f"logprob_type must be one of {LOGPROB_TYPES}, got {self.logprob_type!r}")
-        if self.value_source not in VALUE_SOURCES:
-            raise ValueError(f"value_source must be one of {VALUE_SOURCES}, got {self.value_source!r}")
+        ranges.one_of(
+            "policy", self, noise_method=NOISE_METHODS, logprob_type=LOGPROB_TYPES, value_source=VALUE_SOURCES
+        )
         ranges.check(
             "policy",
             self,

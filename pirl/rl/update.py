@@ -111,12 +111,9 @@ class UpdateConfig:
             lr_decay_steps=">= 0",
             min_lr_ratio="[0, 1]",
         )
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        ranges.one_of("rl", self, lr_schedule=LR_SCHEDULES, trainable=TRAINABLE_SETS)
         if self.lr_schedule == "cosine" and self.lr_decay_steps < 1:
             raise ValueError(f"lr_schedule 'cosine' needs lr_decay_steps >= 1, got {self.lr_decay_steps}")
-        if self.trainable not in TRAINABLE_SETS:
-            raise ValueError(f"trainable must be one of {TRAINABLE_SETS}, got {self.trainable!r}")
         if self.minibatch_size % self.micro_batch_size:
             raise ValueError(
                 f"minibatch_size {self.minibatch_size} is not a multiple of micro_batch_size {self.micro_batch_size}"
