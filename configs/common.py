@@ -59,6 +59,23 @@ def set_model(c: ml_collections.ConfigDict, pi05: bool) -> None:
         c.policy.value_source = "vlm" if c.policy.value_source != "none" else "none"
 
 
+def reference_ppo_update(c: ml_collections.ConfigDict) -> None:
+    """The update settings every reference PPO recipe shares (RLinf examples/embodiment/config/
+    {libero,metaworld,maniskill}_*_ppo_openpi*.yaml); each recipe sets its own rates, batch sizes,
+    epochs and grad clip."""
+    c.rl.update(
+        trainable="expert_only",  # model/pi0*.yaml openpi.train_expert_only: True
+        clip_eps=0.2,  # algorithm.clip_ratio_low / clip_ratio_high: 0.2
+        value_clip=0.2,  # algorithm.value_clip: 0.2
+        huber_delta=10.0,  # algorithm.huber_delta: 10.0
+        b1=0.9,  # actor.optim.adam_beta1: 0.9
+        b2=0.95,  # actor.optim.adam_beta2: 0.95
+        eps=1e-8,  # actor.optim.adam_eps: 1.0e-08
+        # actor.optim.weight_decay: 0.01 (the ManiSkill files omit it: RLinf's FSDP manager defaults it to 1e-2)
+        weight_decay=0.01,
+    )
+
+
 def shrink(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The same recipe at laptop scale: tiny model (random init, embedded tokenizer, 28² images),
     2 envs per worker on 2 workers, 64² renders (MetaWorld's without shadows), 20-step episodes,

@@ -112,20 +112,13 @@ def libero_base(suite: str, pi05: bool) -> ml_collections.ConfigDict:
     # 32768 (goal), 40960 (90), 49152 (130); 2048 divides each.
     # runner.max_epochs: 1000, env.train.rollout_epoch: 8, runner.save_interval: 40.
     c.train.update(iterations=1000, rollout_epochs=8, save_every=40)
+    common.reference_ppo_update(c)
     c.rl.update(
         lr=5e-6,  # actor.optim.lr: 5.0e-6
         value_lr=1e-4,  # actor.optim.value_lr: 1.0e-4
-        trainable="expert_only",  # model/pi0*.yaml openpi.train_expert_only: True
         update_epochs=4,  # algorithm.update_epoch: 4 (π0.5: PI05_PPO / PI05_GRPO)
         minibatch_size=2048,  # actor.global_batch_size: 2048
         micro_batch_size=128,  # actor.micro_batch_size: 128
-        clip_eps=0.2,  # algorithm.clip_ratio_low / clip_ratio_high: 0.2
-        value_clip=0.2,  # algorithm.value_clip: 0.2
-        huber_delta=10.0,  # algorithm.huber_delta: 10.0
-        b1=0.9,  # actor.optim.adam_beta1: 0.9
-        b2=0.95,  # actor.optim.adam_beta2: 0.95
-        eps=1e-8,  # actor.optim.adam_eps: 1.0e-08
-        weight_decay=0.01,  # actor.optim.weight_decay: 0.01
         # actor.optim.clip_grad: 1.0; libero_10_{ppo,grpo}_openpi.yaml (π0): 2.0.
         grad_clip=2.0 if suite == "10" and not pi05 else 1.0,
     )

@@ -93,22 +93,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # 320 envs × 1 rollout epoch (env.train.rollout_epoch: 1) × 16 chunk steps = 5120 samples: one
     # minibatch per epoch. runner.max_epochs: 1000, save_interval: 50, val_check_interval: 10.
     c.train.update(iterations=1000, rollout_epochs=1, save_every=50, eval_every=10)
+    common.reference_ppo_update(c)
     c.rl.update(
         lr=7.91e-6,  # actor.optim.lr: 7.91e-6
         value_lr=1.55e-4,  # actor.optim.value_lr: 1.55e-4
-        trainable="expert_only",  # model/pi0*.yaml openpi.train_expert_only: True
         update_epochs=5 if pi05 else 4,  # algorithm.update_epoch: 4 (π0), 5 (π0.5)
         minibatch_size=5120,  # actor.global_batch_size: 5120
         micro_batch_size=32,  # actor.micro_batch_size: 32
-        clip_eps=0.2,  # algorithm.clip_ratio_low / clip_ratio_high: 0.2
-        value_clip=0.2,  # algorithm.value_clip: 0.2
-        huber_delta=10.0,  # algorithm.huber_delta: 10.0
         entropy_bonus=0.005,  # algorithm.entropy_bonus: 0.005
-        b1=0.9,  # actor.optim.adam_beta1: 0.9
-        b2=0.95,  # actor.optim.adam_beta2: 0.95
-        eps=1e-8,  # actor.optim.adam_eps: 1.0e-08
-        # No actor.optim.weight_decay: RLinf's FSDP manager defaults it to 1e-2.
-        weight_decay=0.01,
         grad_clip=1.0,  # actor.optim.clip_grad: 1.0
     )
     # Reference eval: env.eval.total_num_envs 320 episodes on fixed seeds.

@@ -81,20 +81,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # runner.max_epochs: 1000 (ML45: 500), env.train.rollout_epoch: 8, runner.save_interval: 50
     # (ML45: -1, no periodic save; pirl keeps saving every 50 so a run can resume).
     c.train.update(iterations=500 if benchmark == "ml45" else 1000, rollout_epochs=8, save_every=50)
+    common.reference_ppo_update(c)
     c.rl.update(
         lr=5e-6 if pi05 else 1e-5,  # actor.optim.lr: 1.0e-5 (π0), 5.0e-6 (π0.5)
         value_lr=1e-4,  # actor.optim.value_lr: 1.0e-4
-        trainable="expert_only",  # model/pi0*.yaml openpi.train_expert_only: True
         update_epochs=4,  # algorithm.update_epoch: 4
         minibatch_size=2048,  # actor.global_batch_size: 2048
         micro_batch_size=128,  # actor.micro_batch_size: 128
-        clip_eps=0.2,  # algorithm.clip_ratio_low / clip_ratio_high: 0.2
-        value_clip=0.2,  # algorithm.value_clip: 0.2
-        huber_delta=10.0,  # algorithm.huber_delta: 10.0
-        b1=0.9,  # actor.optim.adam_beta1: 0.9
-        b2=0.95,  # actor.optim.adam_beta2: 0.95
-        eps=1e-8,  # actor.optim.adam_eps: 1.0e-08
-        weight_decay=0.01,  # actor.optim.weight_decay: 0.01
         grad_clip=1.0,  # actor.optim.clip_grad: 1.0
     )
     if pi05:
