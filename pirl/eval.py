@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from pirl import checkpoints, cli, experiment, launch, rollout, runsetup, sharding
+from pirl import checkpoints, cli, envsetup, experiment, launch, rollout, runsetup, sharding
 from pirl.envs import metaworld, video
 from pirl.envs import pool as pool_lib
 
@@ -108,9 +108,9 @@ class Evaluator:
     """An eval pool and actor, kept for periodic evaluation during training."""
 
     def __init__(self, setup: runsetup.Setup, section: experiment.EvalSection, env: experiment.EnvSection):
-        self.section = section = experiment.resolve_eval(section, env)
-        self.factory = experiment.eval_sim_factory(env, section)
-        self.names = experiment.task_names(self.factory)
+        self.section = section = envsetup.resolve_eval(section, env)
+        self.factory = envsetup.eval_sim_factory(env, section)
+        self.names = envsetup.task_names(self.factory)
         pool_env = dataclasses.replace(env, auto_reset=False, num_stages=1)
         # On several hosts each runs its share of the eval envs and of every wave's episodes.
         self.hosts, self.host = jax.process_count(), jax.process_index()
@@ -119,7 +119,7 @@ class Evaluator:
                 f"eval.num_envs={section.num_envs} and eval.num_workers={section.num_workers} must be multiples "
                 f"of the {self.hosts} processes"
             )
-        cfg = experiment.pool_config(
+        cfg = envsetup.pool_config(
             pool_env, num_envs=section.num_envs // self.hosts, num_workers=section.num_workers // self.hosts
         )
         self.pool = pool_lib.EnvPool(self.factory, cfg)

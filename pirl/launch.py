@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from pirl import cli, experiment, sharding
+from pirl import cli, envsetup, experiment, sharding
 
 ENV_COORDINATOR = "PIRL_COORDINATOR"
 ENV_NUM_PROCESSES = "PIRL_NUM_PROCESSES"
@@ -137,7 +137,7 @@ def problems(exp: experiment.Experiment, num_hosts: int, devices_per_host: int, 
         out.append(f"a rollout's {samples} samples do not split over {devices} devices: change env.num_envs")
     if with_eval is None:
         with_eval = exp.train.eval_every > 0
-    ev = experiment.resolve_eval(exp.eval, exp.env)  # as it runs (a protocol may fix its envs)
+    ev = envsetup.resolve_eval(exp.eval, exp.env)  # as it runs (a protocol may fix its envs)
     if with_eval and hosts > 1 and (ev.num_envs % hosts or ev.num_workers % hosts):
         out.append(
             f"eval.num_envs={ev.num_envs} and eval.num_workers={ev.num_workers} must both be multiples of "

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pirl import checkpoints, experiment, rollout, runstate, sharding
+from pirl import checkpoints, envsetup, experiment, rollout, runstate, sharding
 from pirl.models import pi0
 from pirl.models import tokenizer as tok
 from pirl.rl import flow
@@ -174,7 +174,7 @@ def write_run_record(setup: Setup, workdir: str | os.PathLike, transform) -> Non
 def make_actor(setup: Setup, spec, *, action_chunk: int | None = None) -> rollout.Actor:
     """The rollout Actor for envs of ``spec`` (their cameras and action size); ``action_chunk``
     overrides how many actions of each sampled chunk the envs execute."""
-    transform = experiment.env_transform(setup.exp, tuple(c.name for c in spec.cameras), spec.action_dim)
+    transform = envsetup.env_transform(setup.exp, tuple(c.name for c in spec.cameras), spec.action_dim)
     if action_chunk:
         transform = dataclasses.replace(transform, action_chunk=action_chunk)
     return rollout.Actor(setup.exp.policy, setup.model, transform, setup.norm_stats, setup.tokenizer, setup.mesh)

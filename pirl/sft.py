@@ -7,7 +7,7 @@ then improves.
 Demonstrations come from MetaWorld's scripted experts run in the EnvPool (``dataset=
 "metaworld_expert"``) or from a local LeRobot-format dataset (``dataset=<path>``). Training samples
 are (observation at t, actions t .. t+Ha−1), the chunk padded past the episode end by repeating the
-last action, mapped to model inputs by the same transforms RL uses (``experiment.env_transform``),
+last action, mapped to model inputs by the same transforms RL uses (``envsetup.env_transform``),
 so the checkpoint's norm stats and conventions are exactly those pirl.train applies. The output
 directory is an openpi checkpoint: ``params/`` plus ``assets/<asset_id>/norm_stats.json``.
 
@@ -31,7 +31,7 @@ import optax
 from absl import flags
 from jaxtyping import Float, UInt8
 
-from pirl import checkpoints, cli, experiment, runsetup, sharding
+from pirl import checkpoints, cli, envsetup, experiment, runsetup, sharding
 from pirl.data import augment as aug
 from pirl.data import demos as demos_lib
 from pirl.data import lerobot, transforms
@@ -54,11 +54,11 @@ def load_demos(exp: experiment.Experiment, sft: experiment.SFTSection) -> list[d
             )
         # Goals come from all 50 MT1 variations, not only env.num_trials of them: few demos should
         # still cover varied layouts.
-        sim = experiment.sim_factory(exp.env, num_trials=50, max_steps=sft.demo_max_steps or None)
+        sim = envsetup.sim_factory(exp.env, num_trials=50, max_steps=sft.demo_max_steps or None)
         sim = dataclasses.replace(sim, state="full")
         workers = 2
         num_envs = max(workers, exp.env.num_envs - exp.env.num_envs % workers)
-        pool_cfg = experiment.pool_config(exp.env, num_envs=num_envs, num_workers=workers, seed=sft.seed)
+        pool_cfg = envsetup.pool_config(exp.env, num_envs=num_envs, num_workers=workers, seed=sft.seed)
         return demos_lib.collect_metaworld(sim, pool_cfg, count, action_noise=sft.action_noise, seed=sft.seed)
     keys = lerobot.LeRobotKeys(images=sft.image_keys, state=sft.state_key, actions=sft.action_key)
     episodes = lerobot.load(sft.dataset, keys, max_episodes=count)
@@ -76,7 +76,7 @@ def transform_config(exp: experiment.Experiment, episodes: Sequence[demos_lib.Ep
     for e in episodes:
         if tuple(e.images) != cameras or e.actions.shape[1] != first.actions.shape[1]:
             raise ValueError("demo episodes disagree on cameras or action size")
-    return experiment.env_transform(exp, cameras, first.actions.shape[1])
+    return envsetup.env_transform(exp, cameras, first.actions.shape[1])
 
 
 @dataclasses.dataclass

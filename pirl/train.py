@@ -35,7 +35,7 @@ import numpy as np
 from absl import flags
 
 from pirl import batch as batch_lib
-from pirl import cli, errors, experiment, launch, rollout, runsetup, runstate, sft, sharding
+from pirl import cli, envsetup, errors, experiment, launch, rollout, runsetup, runstate, sft, sharding
 from pirl import eval as eval_lib
 from pirl import logging as logs
 from pirl.envs import base, video
@@ -172,8 +172,8 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
     hosts, host = jax.process_count(), jax.process_index()
     launch.check(exp, hosts, mesh.size // hosts)
     is_main = host == 0
-    factory = experiment.sim_factory(exp.env)
-    task_names = experiment.task_names(factory)
+    factory = envsetup.sim_factory(exp.env)
+    task_names = envsetup.task_names(factory)
     chunks = experiment.chunk_steps(exp)
     local_envs = exp.env.num_envs // hosts
     state = upd.init_train_state(exp.rl, setup.params)
@@ -203,7 +203,7 @@ def train(exp: experiment.Experiment, workdir: str | os.PathLike, *, devices=Non
         enabled=is_main,
         purge_step=start + 1,
     )
-    pool_cfg = experiment.pool_config(
+    pool_cfg = envsetup.pool_config(
         exp.env,
         num_envs=local_envs,
         num_workers=exp.env.num_workers // hosts,

@@ -22,7 +22,7 @@ import safetensors.numpy
 from flax import traverse_util
 
 from configs import common, metaworld_ppo
-from pirl import checkpoints, cli, experiment, runsetup, train
+from pirl import checkpoints, cli, envsetup, runsetup, train
 from pirl import eval as eval_lib
 from pirl import export as export_cli
 from pirl.data import norm_stats as ns
@@ -292,7 +292,7 @@ def test_recorded_convention_wins_over_the_config(written, tmp_path):
     assert setup.model.pi05 and setup.model.action_horizon == 10 and setup.model.max_token_len == 24
     assert setup.model.discrete_state_input is False and setup.exp.model.discrete_state_input == "off"
     _assert_tree_equal(setup.params["model"], params)
-    actor = runsetup.make_actor(setup, experiment.sim_factory(setup.exp.env).spec())
+    actor = runsetup.make_actor(setup, envsetup.sim_factory(setup.exp.env).spec())
     assert actor.transform.norm == "quantile" and actor.transform.discrete_state_input is False
 
 

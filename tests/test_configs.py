@@ -10,7 +10,7 @@ import importlib
 
 import pytest
 
-from pirl import cli, experiment
+from pirl import cli, envsetup, experiment
 
 SUITES = ("spatial", "object", "goal", "10", "90", "130")
 
@@ -49,8 +49,8 @@ def test_builds_full_and_shrunk(name, arg):
     small = build(name, with_shrink(arg))
     for exp in (full, small):
         # The sims' own configs validate ranges (init states per task, step limits).
-        experiment.sim_factory(exp.env)
-        experiment.sim_factory(exp.env, num_trials=exp.eval.num_trials, max_steps=exp.eval.max_steps or None)
+        envsetup.sim_factory(exp.env)
+        envsetup.sim_factory(exp.env, num_trials=exp.eval.num_trials, max_steps=exp.eval.max_steps or None)
         assert experiment.rollout_samples(exp) % exp.rl.minibatch_size == 0
         assert exp.env.num_envs % exp.env.num_workers == 0
     # The recipe itself survives shrinking: algorithm, noise, chunk, K, critic.
@@ -236,7 +236,7 @@ def test_pi05_recipes_leave_the_state_out_of_the_prompt(name, arg):
     config = importlib.import_module(f"configs.{name}").get_config(arg)
     exp, _ = cli.to_experiment(config, cli.recipe_sections(config))
     assert exp.model.pi05 and not exp.model.pi0_config().discrete_state_input
-    assert not experiment.env_transform(exp, ("main",), 4).discrete_state_input
+    assert not envsetup.env_transform(exp, ("main",), 4).discrete_state_input
 
 
 def test_discrete_state_input_switch():
@@ -250,7 +250,7 @@ def test_discrete_state_input_switch():
     c.model.discrete_state_input = "on"
     exp, _ = cli.to_experiment(c)
     assert exp.model.pi0_config().discrete_state_input
-    assert experiment.env_transform(exp, ("main",), 7).discrete_state_input
+    assert envsetup.env_transform(exp, ("main",), 7).discrete_state_input
     c = libero_ppo.get_config("suite=spatial")
     c.model.discrete_state_input = "on"
     with pytest.raises(cli.ConfigError, match="pi05"):
@@ -270,7 +270,7 @@ def test_pi05_libero_prompt_token_ids_are_openpis():
     from pirl.models import tokenizer
 
     exp = build("libero_ppo", "suite=spatial,pi05")
-    cfg = experiment.env_transform(exp, ("agentview", "wrist"), 7)
+    cfg = envsetup.env_transform(exp, ("agentview", "wrist"), 7)
     proto = tokenizer.embedded_tokenizer_proto()
     # strip() first, then "_" and "\n" become spaces:
     instruction = " pick_up the black bowl\nbetween the plate and the ramp and place it on the plate \n"
@@ -296,19 +296,19 @@ def test_pi05_libero_prompt_token_ids_are_openpis():
 def test_maniskill_env_options_reach_the_sim():
     from configs import maniskill_ppo
 
-    full = experiment.sim_factory(build("maniskill_ppo", "").env)
+    full = envsetup.sim_factory(build("maniskill_ppo", "").env)
     # The reference's ManiSkill rollouts: grasp-and-place reward, chunks run to their end
     # (rlinf/envs/maniskill/maniskill_env.py ManiskillEnv._calc_step_reward, chunk_step).
     assert full.control_mode is None and full.reward_mode == "grasp" and full.backend == "cpu"
     for arg in ("", "pi05", "shrink"):
         exp = build("maniskill_ppo", arg)
-        assert experiment.sim_factory(exp.env).reward_mode == "grasp"
-        assert experiment.pool_config(exp.env).finish_chunks
-    assert experiment.sim_factory(build("maniskill_ppo", "shrink").env).control_mode == "pd_ee_delta_pose"
+        assert envsetup.sim_factory(exp.env).reward_mode == "grasp"
+        assert envsetup.pool_config(exp.env).finish_chunks
+    assert envsetup.sim_factory(build("maniskill_ppo", "shrink").env).control_mode == "pd_ee_delta_pose"
     c = maniskill_ppo.get_config("")
     c.env.update(backend="gpu", reward_mode="dense", control_mode="pd_joint_delta_pos")
     exp, _ = cli.to_experiment(c)
-    sim = experiment.sim_factory(exp.env)
+    sim = envsetup.sim_factory(exp.env)
     assert (sim.backend, sim.reward_mode, sim.control_mode) == ("gpu", "dense", "pd_joint_delta_pos")
     c.env.reward_mode = "shaped"
     with pytest.raises(cli.ConfigError, match="reward_mode"):
@@ -330,7 +330,7 @@ def test_maniskill_env_options_reach_the_sim():
         cli.to_experiment(c)
     c = metaworld_ppo.get_config("benchmark=mt50")
     c.env.reward_mode = "dense"  # MetaWorld has a shaped reward too; LIBERO does not
-    assert experiment.sim_factory(cli.to_experiment(c)[0].env).reward == "dense"
+    assert envsetup.sim_factory(cli.to_experiment(c)[0].env).reward == "dense"
     c = libero_ppo.get_config("suite=spatial")
     c.env.reward_mode = "dense"
     with pytest.raises(cli.ConfigError, match="success reward"):

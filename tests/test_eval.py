@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from configs import common
-from pirl import cli, experiment
+from pirl import cli, envsetup
 from pirl import eval as eval_lib
 from pirl.envs import libero, metaworld
 
@@ -60,8 +60,8 @@ def _protocol_eval(suite: str, **kw) -> tuple:
     c = libero_ppo.get_config(f"suite={suite}")
     c.eval.update(protocol="openpi_libero", **kw)
     exp, _ = cli.to_experiment(c)
-    section = experiment.resolve_eval(exp.eval, exp.env)
-    return exp, section, experiment.eval_sim_factory(exp.env, section)
+    section = envsetup.resolve_eval(exp.eval, exp.env)
+    return exp, section, envsetup.eval_sim_factory(exp.env, section)
 
 
 def test_openpi_libero_protocol_is_openpis_eval_script():
@@ -92,9 +92,9 @@ def test_openpi_libero_protocol_is_openpis_eval_script():
         # One env and one worker per task, which runs that task's trials 0..49 in order.
         assert (section.num_envs, section.num_workers) == (n_tasks, n_tasks)
         # The RL recipe's own limit and seeding are untouched.
-        rl = experiment.sim_factory(exp.env)
+        rl = envsetup.sim_factory(exp.env)
         assert rl.seed_every_reset and rl.limits == "rl"
-    assert experiment.sim_factory(_protocol_eval("10")[0].env).task_max_steps(0) == 480
+    assert envsetup.sim_factory(_protocol_eval("10")[0].env).task_max_steps(0) == 480
     # The union: each task its own suite's openpi limit; a task subset gets one env per task.
     _, section, sim = _protocol_eval("130", tasks=(0, 35))
     assert (sim.task_max_steps(0), sim.task_max_steps(35)) == (220, 520) and section.num_envs == 2

@@ -12,7 +12,7 @@ import pytest
 
 from configs import metaworld_ppo
 from pirl import batch as batch_lib
-from pirl import cli, experiment, rollout, runsetup, sharding, train
+from pirl import cli, envsetup, rollout, runsetup, sharding, train
 from pirl.envs import pool as pool_lib
 
 CHUNKS = 4  # 20 steps / 5-step chunks
@@ -40,7 +40,7 @@ def setup():
 @pytest.fixture(scope="module")
 def actor(setup):
     """One actor for every pool here (they all run the toy spec): its sampler compiles once."""
-    return runsetup.make_actor(setup, experiment.sim_factory(_experiment().env).spec())
+    return runsetup.make_actor(setup, envsetup.sim_factory(_experiment().env).spec())
 
 
 def _params(setup):
@@ -52,8 +52,8 @@ def _collect(setup, actor, exp, kill_at: int | None):
     ``kill_at - 1`` has returned, while the next chunk is in flight (a 5-step chunk of its 2 envs
     takes 0.2 s)."""
     ids = np.array([[0, 0], [1, 1], [2, 0], [2, 1]])  # envs 0, 1 alone run tasks 0, 1
-    factory = dataclasses.replace(experiment.sim_factory(exp.env), sleep_s=0.02)
-    with pool_lib.EnvPool(factory, experiment.pool_config(exp.env)) as p:
+    factory = dataclasses.replace(envsetup.sim_factory(exp.env), sleep_s=0.02)
+    with pool_lib.EnvPool(factory, envsetup.pool_config(exp.env)) as p:
 
         def on_frame(obs, res, t):
             if t == kill_at:
@@ -112,8 +112,8 @@ def test_eval_wave_with_a_crash_is_run_again_and_equals_the_uninterrupted_eval(s
 
     def evaluate(kill: bool):
         redone = []
-        factory = dataclasses.replace(experiment.sim_factory(env), sleep_s=0.01)
-        with pool_lib.EnvPool(factory, experiment.pool_config(env)) as p:
+        factory = dataclasses.replace(envsetup.sim_factory(env), sleep_s=0.01)
+        with pool_lib.EnvPool(factory, envsetup.pool_config(env)) as p:
 
             def on_frame(obs, res, t):
                 if kill and t == 2 and not redone:

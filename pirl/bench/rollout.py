@@ -16,7 +16,7 @@ import time
 import jax
 import numpy as np
 
-from pirl import cli, experiment, rollout, runsetup
+from pirl import cli, envsetup, rollout, runsetup
 from pirl.envs import pool as pool_lib
 
 
@@ -46,10 +46,10 @@ def _experiment(args, stages: int):
 def measure(args, stages: int) -> dict[str, float]:
     exp = _experiment(args, stages)
     setup = runsetup.build(exp)
-    factory = experiment.sim_factory(exp.env)
+    factory = envsetup.sim_factory(exp.env)
     params = setup.params
     walls, sims, infers = [], [], []
-    with pool_lib.EnvPool(factory, experiment.pool_config(exp.env)) as pool:
+    with pool_lib.EnvPool(factory, envsetup.pool_config(exp.env)) as pool:
         spec = pool.spec
         actor = runsetup.make_actor(setup, spec)
         ids = np.stack([np.zeros(exp.env.num_envs, np.int64), np.arange(exp.env.num_envs) % spec.num_trials], 1)
