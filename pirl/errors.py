@@ -17,3 +17,8 @@ class WriteError(UserError, OSError):
     """A run's output (checkpoint, metrics, logs) could not be written: a full disk, a read-only
     or vanished directory. The message names the path (and, from the trainer, the last complete
     checkpoint)."""
+
+    @classmethod
+    def of(cls, e: OSError, path) -> WriteError:
+        """``e`` as "cannot write <file> (<reason>)": the file the OS names, else ``path``."""
+        return cls(f"cannot write {e.filename or path} ({e.strerror or e})")

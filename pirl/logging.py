@@ -148,7 +148,7 @@ class MetricWriter:
             if tensorboard:
                 self._tb = _EventFile(self.workdir / "tensorboard", purge_step)
         except OSError as e:
-            raise errors.WriteError(f"cannot write {e.filename or self.jsonl} ({e.strerror or e})") from e
+            raise errors.WriteError.of(e, self.jsonl) from e
         if wandb_project:
             import wandb
 
@@ -169,12 +169,12 @@ class MetricWriter:
         try:
             _write_all(self._fd, (json.dumps({"step": int(step), **clean}) + "\n").encode())
         except OSError as e:
-            raise errors.WriteError(f"cannot write {self.jsonl} ({e.strerror or e})") from e
+            raise errors.WriteError.of(e, self.jsonl) from e
         if self._tb is not None:
             try:
                 self._tb.write(step, clean)
             except OSError as e:
-                raise errors.WriteError(f"cannot write {self._tb.path} ({e.strerror or e})") from e
+                raise errors.WriteError.of(e, self._tb.path) from e
         if self._wandb is not None:
             self._wandb.log(clean, step=int(step))
 

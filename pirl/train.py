@@ -149,7 +149,7 @@ _STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.
 
 def _write_failure(e: OSError, ckpt: runstate.Checkpointer) -> errors.WriteError:
     """``e`` as one line that also names the last complete checkpoint (the resume point)."""
-    text = e.summary if isinstance(e, errors.UserError) else f"cannot write {e.filename or '?'} ({e.strerror or e})"
+    text = e.summary if isinstance(e, errors.UserError) else errors.WriteError.of(e, "?").summary
     if "last good checkpoint" in text:
         return e if isinstance(e, errors.WriteError) else errors.WriteError(text)
     return errors.WriteError(f"{text}; the last good checkpoint is {ckpt.describe_latest()}")
